@@ -1,0 +1,129 @@
+//! Group commit: one writer thread per SQLite database.
+//!
+//! `rusqlite::Connection` is `Send` but not `Sync` and a transaction needs
+//! `&mut`, so each database's write connection lives on a dedicated OS thread
+//! (never on the async runtime, whose threads must not block on fsync).
+//! Writers from any task send their operation over a channel and await a
+//! one-shot reply. The thread takes everything queued, runs it in *one*
+//! transaction, commits once, then answers everyone: concurrent writers share
+//! the commit, so throughput does not collapse to one fsync per write.
+//!
+//! If any operation of a shared transaction fails, the transaction is rolled
+//! back and each operation is retried alone, so one bad operation cannot fail
+//! its neighbours.
+
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, Transaction};
+use tokio::sync::oneshot;
+
+use super::{StorageError, StorageResult};
+
+/// Stop collecting more operations into one transaction past this weight
+/// (records, roughly): bounds the latency a huge queue adds to the first job.
+const MAX_BATCH_WEIGHT: usize = 50_000;
+
+/// What the writer thread does with one operation, inside a transaction.
+pub(crate) trait WriteExecutor: Send + 'static {
+    type Op: Send + 'static;
+    type Out: Send + 'static;
+
+    /// How much work `op` is (e.g. its record count), for batch sizing.
+    fn weight(op: &Self::Op) -> usize;
+
+    fn execute(&mut self, tx: &Transaction<'_>, op: &Self::Op) -> StorageResult<Self::Out>;
+}
+
+struct Job<E: WriteExecutor> {
+    op: E::Op,
+    reply: oneshot::Sender<StorageResult<E::Out>>,
+}
+
+/// The handle through which async code submits writes.
+pub(crate) struct Worker<E: WriteExecutor> {
+    sender: Mutex<Option<mpsc::Sender<Job<E>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<E: WriteExecutor> Worker<E> {
+    pub(crate) fn spawn(name: String, connection: Connection, executor: E) -> StorageResult<Self> {
+        let (sender, receiver) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || run(connection, executor, receiver))
+            .map_err(|source| StorageError::Io { path: name, source })?;
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues `op` and waits until its transaction has committed.
+    pub(crate) async fn submit(&self, op: E::Op) -> StorageResult<E::Out> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StorageError::Closed)?;
+        sender
+            .send(Job { op, reply })
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Lets queued writes finish, then stops the thread.
+    pub(crate) async fn close(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            // Joining blocks until the last transaction commits: not on the runtime.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn run<E: WriteExecutor>(mut connection: Connection, mut executor: E, receiver: mpsc::Receiver<Job<E>>) {
+    while let Ok(first) = receiver.recv() {
+        let mut weight = E::weight(&first.op);
+        let mut jobs = vec![first];
+        while weight < MAX_BATCH_WEIGHT {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    weight += E::weight(&job.op);
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let results = match execute_together(&mut connection, &mut executor, &jobs) {
+            Ok(outs) => outs.into_iter().map(Ok).collect(),
+            Err(_) if jobs.len() > 1 => jobs
+                .iter()
+                .map(|job| execute_together(&mut connection, &mut executor, std::slice::from_ref(job)).map(|mut o| o.remove(0)))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        for (job, result) in jobs.into_iter().zip(results) {
+            // The submitter may have gone away (cancelled); the write stands.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+fn execute_together<E: WriteExecutor>(
+    connection: &mut Connection,
+    executor: &mut E,
+    jobs: &[Job<E>],
+) -> StorageResult<Vec<E::Out>> {
+    let tx = connection.transaction()?;
+    let outs = jobs
+        .iter()
+        .map(|job| executor.execute(&tx, &job.op))
+        .collect::<StorageResult<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(outs)
+}
