@@ -1,3 +1,57 @@
-//! placeholder
+//! Replication: placing readings on storage nodes and keeping the copies
+//! right through failures and configuration changes.
+//!
+//! * [`strategy`] and [`ring`] decide, purely, which nodes hold a sensor
+//!   (`full`: every node; `consistent`: a hash ring with virtual nodes).
+//! * [`Replicator`] (in `replicator.rs`) fans writes out to a sensor's
+//!   replicas and acknowledges once `write_quorum` of them stored it; writes
+//!   for nodes that are down become durable hints in [`meta`]. Reads ask the
+//!   live replicas, answer the highest version and repair stale copies.
+//! * `recovery.rs`: taking a node out (`fail`) and bringing it back
+//!   (`recover`: replay its hints, then compare digests with its peers and
+//!   copy what differs, so even writes that were never hinted come back).
+//! * `rebalance.rs`: a new placement is persisted at once and data moves to
+//!   its new owners in the background; until then reads use the old owners,
+//!   which stay complete because writes go to old and new owners alike.
+//!
+//! Concurrency: two locks, each for one job. `state` (a `std::sync::RwLock`)
+//! holds statuses and placements and is only held for a few map look-ups,
+//! never across an await. `gate` (a `tokio::sync::RwLock<()>`) is held shared
+//! by every write from "look at statuses" to "stored and hinted", and taken
+//! exclusively by status and placement changes, so a change never lands in
+//! the middle of a write: a recovering node cannot miss a hint written by a
+//! write that saw it down, and a rebalance never misses a write made under
+//! the old placement.
+
+pub mod meta;
+mod rebalance;
+mod recovery;
+mod replicator;
 pub mod ring;
 pub mod strategy;
+
+pub use rebalance::{RebalancePhase, RebalanceProgress, RebalanceStep};
+pub use recovery::RecoveryReport;
+pub use replicator::{NodeReport, NodeStatus, Replicator};
+pub use strategy::{Placement, PlacementSpec, ReplicationSettings, StrategyKind};
+
+use crate::reading::InvalidInput;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// Too few replicas are up: the API answers 503 with both numbers.
+    #[error("not enough replicas are up: {required} required, {available} available")]
+    Unavailable { required: usize, available: usize },
+    #[error("unknown node {0:?}")]
+    UnknownNode(String),
+    /// The request conflicts with the node's or cluster's current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid replication configuration: {0}")]
+    InvalidConfig(#[from] InvalidInput),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub type ReplicationResult<T> = Result<T, ReplicationError>;

@@ -28,6 +28,11 @@ impl MemoryNode {
         }
     }
 
+    /// Forgets everything, like a disk replaced by an empty one.
+    pub fn wipe(&self) {
+        self.records().clear();
+    }
+
     fn records(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Record>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -206,12 +206,12 @@ impl SqliteNode {
 
 /// Turns rows in key order into records, sharing one `SensorId` per run of
 /// rows of the same sensor instead of allocating one per row.
-struct RecordDecoder {
+pub(crate) struct RecordDecoder {
     last_sensor: Option<SensorId>,
 }
 
 impl RecordDecoder {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { last_sensor: None }
     }
 
@@ -231,7 +231,7 @@ impl RecordDecoder {
     }
 
     /// Columns: sensor, ts, version, value, unit.
-    fn decode(&mut self, row: &Row<'_>) -> StorageResult<Record> {
+    pub(crate) fn decode(&mut self, row: &Row<'_>) -> StorageResult<Record> {
         let sensor = self.sensor(row)?;
         let timestamp_ms: i64 = row.get(1)?;
         let version = Version(row.get::<_, i64>(2)? as u64);

@@ -1,0 +1,598 @@
+//! The replicator: writes to a quorum of replicas, reads from live replicas,
+//! and owns the cluster's state (node statuses and placements).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures::future::join_all;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::meta::MetaStore;
+use super::rebalance::RebalanceProgress;
+use super::strategy::{Placement, PlacementSpec};
+use super::{ReplicationError, ReplicationResult};
+use crate::reading::{Key, Reading, Sample, SensorId};
+use crate::storage::{NodeId, Record, Scan, StorageError, StorageNode, StorageResult};
+use crate::version::{Clock, Version};
+
+pub(super) const PLACEMENT: &str = "placement";
+pub(super) const PREVIOUS_PLACEMENT: &str = "previous_placement";
+pub(super) const CLEANUP_PENDING: &str = "cleanup_pending";
+const DOWN_NODES: &str = "down_nodes";
+
+/// Largest page fetched from one node while merging a scan over all nodes.
+const MERGE_PAGE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Serves reads and writes.
+    Up,
+    /// Out of service: no reads or writes; writes meant for it become hints.
+    Down,
+    /// Being repaired: receives writes, serves no reads.
+    Recovering,
+}
+
+/// One node's line in `/nodes_status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub id: NodeId,
+    pub status: NodeStatus,
+    /// Live measurements stored (`None` if the node could not be asked).
+    pub keys: Option<u64>,
+    pub tombstones: Option<u64>,
+    pub hints_pending: u64,
+}
+
+/// Statuses and placements: see the module docs of `replication` for why
+/// this sits behind a `std::sync::RwLock`.
+pub(super) struct ClusterState {
+    pub status: BTreeMap<NodeId, NodeStatus>,
+    /// Where data belongs now; writes are counted against its replicas.
+    pub current: Arc<Placement>,
+    /// While data is being moved: the last placement whose owners hold
+    /// everything. Reads use it; writes go to its owners too.
+    pub previous: Option<Arc<Placement>>,
+    pub rebalance: Option<RebalanceProgress>,
+}
+
+impl ClusterState {
+    /// Where reads of `sensor` go: owners that are guaranteed complete.
+    fn authoritative(&self) -> &Arc<Placement> {
+        self.previous.as_ref().unwrap_or(&self.current)
+    }
+
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        self.status.get(node) == Some(&NodeStatus::Up)
+    }
+
+    /// Every node that should hold `sensor` now: current and, during a
+    /// move, previous owners.
+    pub fn holders(&self, sensor: &SensorId) -> Vec<NodeId> {
+        let mut holders = self.current.replicas(sensor);
+        if let Some(previous) = &self.previous {
+            for node in previous.replicas(sensor) {
+                if !holders.contains(&node) {
+                    holders.push(node);
+                }
+            }
+        }
+        holders
+    }
+}
+
+/// Where one write batch goes.
+#[derive(Default)]
+struct WritePlan {
+    stores: BTreeMap<NodeId, Vec<Record>>,
+    hints: BTreeMap<NodeId, Vec<Record>>,
+    /// The distinct sets of live real replicas, each of which must reach the quorum.
+    voter_sets: BTreeSet<Vec<NodeId>>,
+}
+
+pub struct Replicator {
+    pub(super) nodes: BTreeMap<NodeId, Arc<dyn StorageNode>>,
+    pub(super) state: RwLock<ClusterState>,
+    pub(super) gate: tokio::sync::RwLock<()>,
+    /// Serializes administrative operations (recover, configure, finishing a
+    /// rebalance) so two of them never interleave their steps.
+    pub(super) admin: tokio::sync::Mutex<()>,
+    pub(super) meta: MetaStore,
+    pub(super) clock: Clock,
+    pub(super) mover_wakeup: Arc<Notify>,
+    closed: AtomicBool,
+}
+
+impl Replicator {
+    /// Opens the cluster: the placement persisted by an earlier run wins over
+    /// `configured` (SPEC §6), except for the node list, which comes from the
+    /// configuration; a changed node list starts a rebalance. `open_node`
+    /// opens a storage node by id.
+    pub async fn open(
+        meta: MetaStore,
+        configured: PlacementSpec,
+        open_node: impl Fn(&NodeId) -> StorageResult<Arc<dyn StorageNode>>,
+    ) -> ReplicationResult<Arc<Self>> {
+        let stored: Option<PlacementSpec> = meta.setting(PLACEMENT).await?;
+        let mut previous: Option<PlacementSpec> = meta.setting(PREVIOUS_PLACEMENT).await?;
+        let current = match stored {
+            None => configured,
+            Some(stored) if stored.nodes == configured.nodes => stored,
+            Some(stored) => {
+                tracing::info!(from = ?stored.nodes, to = ?configured.nodes, "storage nodes changed: rebalancing");
+                let settings = stored.settings;
+                previous = previous.or(Some(stored));
+                PlacementSpec { settings, nodes: configured.nodes }
+            }
+        };
+        let current = Arc::new(Placement::from_spec(&current)?);
+        let previous = previous
+            .map(|p| Placement::from_spec(&p).map(Arc::new))
+            .transpose()?
+            .filter(|p| !p.same_layout(&current));
+
+        let mut nodes = BTreeMap::new();
+        for id in current.nodes().iter().chain(previous.iter().flat_map(|p| p.nodes())) {
+            if !nodes.contains_key(id) {
+                nodes.insert(id.clone(), open_node(id)?);
+            }
+        }
+        let down: Vec<NodeId> = meta.setting(DOWN_NODES).await?.unwrap_or_default();
+        let status = nodes
+            .keys()
+            .map(|id| {
+                let s = if down.contains(id) { NodeStatus::Down } else { NodeStatus::Up };
+                (id.clone(), s)
+            })
+            .collect();
+
+        let clock = Clock::new();
+        clock.observe(meta.max_version().await?);
+        for node in nodes.values() {
+            clock.observe(node.stats().await?.max_version);
+        }
+
+        meta.put_setting(PLACEMENT, &current.spec()).await?;
+        match &previous {
+            Some(p) => meta.put_setting(PREVIOUS_PLACEMENT, &p.spec()).await?,
+            None => meta.delete_setting(PREVIOUS_PLACEMENT).await?,
+        }
+        let rebalance = previous.as_ref().map(|p| RebalanceProgress::new(p, &current));
+        let replicator = Arc::new(Self {
+            nodes,
+            state: RwLock::new(ClusterState {
+                status,
+                current,
+                previous,
+                rebalance,
+            }),
+            gate: tokio::sync::RwLock::new(()),
+            admin: tokio::sync::Mutex::new(()),
+            meta,
+            clock,
+            mover_wakeup: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+        });
+        Ok(replicator)
+    }
+
+    /// Opens a cluster of SQLite nodes under `data_dir` (one file per node,
+    /// plus `cluster.sqlite3` for hints and settings).
+    pub async fn open_sqlite(
+        data_dir: &std::path::Path,
+        configured: PlacementSpec,
+        synchronous: crate::storage::sqlite::Synchronous,
+    ) -> ReplicationResult<Arc<Self>> {
+        let meta = MetaStore::open(data_dir, synchronous)?;
+        Self::open(meta, configured, |id| {
+            let node = crate::storage::sqlite::SqliteNode::open(id.clone(), data_dir, synchronous)?;
+            Ok(Arc::new(node) as Arc<dyn StorageNode>)
+        })
+        .await
+    }
+
+    /// Starts background work: the rebalance mover.
+    pub fn start_background(self: &Arc<Self>) {
+        super::rebalance::spawn_mover(self);
+    }
+
+    pub(super) fn meta_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(super) fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn state_mut(&self) -> RwLockWriteGuard<'_, ClusterState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn node(&self, id: &NodeId) -> ReplicationResult<&Arc<dyn StorageNode>> {
+        self.nodes
+            .get(id)
+            .ok_or_else(|| ReplicationError::UnknownNode(id.to_string()))
+    }
+
+    /// Looks a node up by the id a client typed.
+    pub fn node_id(&self, text: &str) -> ReplicationResult<NodeId> {
+        let id: NodeId = text
+            .parse()
+            .map_err(|_| ReplicationError::UnknownNode(text.to_string()))?;
+        self.node(&id)?;
+        Ok(id)
+    }
+
+    pub fn placement(&self) -> Arc<Placement> {
+        self.state().current.clone()
+    }
+
+    /// The nodes that hold (or would hold) `key`, in preference order.
+    pub fn replicas_for(&self, key: &Key) -> Vec<NodeId> {
+        self.state().current.replicas(&key.sensor)
+    }
+
+    pub(super) async fn persist_down_nodes(&self) -> ReplicationResult<()> {
+        let down: Vec<NodeId> = self
+            .state()
+            .status
+            .iter()
+            .filter(|(_, s)| **s == NodeStatus::Down)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.meta.put_setting(DOWN_NODES, &down).await?;
+        Ok(())
+    }
+
+    // ----- writes -------------------------------------------------------
+
+    /// Stores new readings, each with a fresh version.
+    pub async fn put(&self, readings: Vec<Reading>) -> ReplicationResult<()> {
+        let first = self.clock.next_batch(readings.len() as u64);
+        let records = readings
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Record {
+                key: r.key,
+                version: Version(first.0 + i as u64),
+                sample: Some(r.sample),
+            })
+            .collect();
+        self.write(records).await
+    }
+
+    /// Replaces an existing measurement's value; `false` if there is none.
+    /// A unit of `None` keeps the stored unit.
+    pub async fn update(&self, key: &Key, value: f64, unit: Option<crate::reading::Unit>) -> ReplicationResult<bool> {
+        let Some(existing) = self.get(key).await? else {
+            return Ok(false);
+        };
+        let unit = unit.or(existing.unit);
+        let record = Record {
+            key: key.clone(),
+            version: self.clock.next(),
+            sample: Some(Sample { value, unit }),
+        };
+        self.write(vec![record]).await?;
+        Ok(true)
+    }
+
+    /// Deletes a measurement (a versioned tombstone); `false` if there is none.
+    pub async fn delete(&self, key: &Key) -> ReplicationResult<bool> {
+        if self.get(key).await?.is_none() {
+            return Ok(false);
+        }
+        let tombstone = Record {
+            key: key.clone(),
+            version: self.clock.next(),
+            sample: None,
+        };
+        self.write(vec![tombstone]).await?;
+        Ok(true)
+    }
+
+    /// Writes versioned records to their replicas. Returns once every record
+    /// is durable on `write_quorum` of its live replicas (and hinted for the
+    /// replicas that are down); fails before writing anything if some record
+    /// has too few live replicas.
+    pub async fn write(&self, records: Vec<Record>) -> ReplicationResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let _gate = self.gate.read().await;
+        let (plan, quorum) = self.plan_write(records)?;
+
+        let stores = plan.stores.into_iter().map(|(id, records)| {
+            let node = self.nodes[&id].clone();
+            async move {
+                let result = node.apply(records.clone()).await;
+                (id, records, result)
+            }
+        });
+        let hints = plan
+            .hints
+            .iter()
+            .map(|(id, records)| self.meta.add_hints(id, records.clone()));
+        let (stored, hinted) = futures::join!(join_all(stores), join_all(hints));
+        hinted.into_iter().collect::<StorageResult<Vec<()>>>()?;
+
+        let mut succeeded = BTreeSet::new();
+        for (id, records, result) in stored {
+            match result {
+                Ok(_) => {
+                    succeeded.insert(id);
+                }
+                Err(error) => self.take_out_after_error(&id, records, error).await?,
+            }
+        }
+        for voters in &plan.voter_sets {
+            let available = voters.iter().filter(|v| succeeded.contains(*v)).count();
+            if available < quorum {
+                return Err(ReplicationError::Unavailable { required: quorum, available });
+            }
+        }
+        Ok(())
+    }
+
+    fn plan_write(&self, records: Vec<Record>) -> ReplicationResult<(WritePlan, usize)> {
+        let state = self.state();
+        let quorum = state.current.settings().write_quorum;
+        let mut plan = WritePlan::default();
+        let mut targets: HashMap<SensorId, (Vec<NodeId>, Vec<NodeId>)> = HashMap::new();
+        for record in records {
+            let (owners, extra) = targets.entry(record.key.sensor.clone()).or_insert_with(|| {
+                let owners = state.current.replicas(&record.key.sensor);
+                let extra = state
+                    .holders(&record.key.sensor)
+                    .into_iter()
+                    .filter(|n| !owners.contains(n))
+                    .collect();
+                (owners, extra)
+            });
+            let voters: Vec<NodeId> = owners.iter().filter(|n| state.is_up(n)).cloned().collect();
+            if voters.len() < quorum {
+                return Err(ReplicationError::Unavailable {
+                    required: quorum,
+                    available: voters.len(),
+                });
+            }
+            for node in owners.iter() {
+                let destination = match state.status[node] {
+                    NodeStatus::Down => &mut plan.hints,
+                    NodeStatus::Up | NodeStatus::Recovering => &mut plan.stores,
+                };
+                destination.entry(node.clone()).or_default().push(record.clone());
+            }
+            // Previous owners keep receiving writes during a move so they stay
+            // complete; one that is down catches up when it is recovered.
+            for node in extra.iter().filter(|n| state.status[*n] != NodeStatus::Down) {
+                plan.stores.entry(node.clone()).or_default().push(record.clone());
+            }
+            plan.voter_sets.insert(voters);
+        }
+        Ok((plan, quorum))
+    }
+
+    /// A node failed to store a write: it is taken out of service (it may now
+    /// be missing data, so it must not serve reads until recovered) and the
+    /// write is kept as a hint for it.
+    async fn take_out_after_error(&self, id: &NodeId, records: Vec<Record>, error: StorageError) -> ReplicationResult<()> {
+        tracing::error!(node = %id, %error, "storage node failed a write: taking it out of service until it is recovered");
+        self.state_mut().status.insert(id.clone(), NodeStatus::Down);
+        self.persist_down_nodes().await?;
+        self.meta.add_hints(id, records).await?;
+        Ok(())
+    }
+
+    // ----- reads --------------------------------------------------------
+
+    /// The live replicas that are complete for `sensor`, in preference order.
+    fn readers_for(&self, sensor: &SensorId) -> ReplicationResult<Vec<(NodeId, Arc<dyn StorageNode>)>> {
+        let state = self.state();
+        let readers: Vec<_> = state
+            .authoritative()
+            .replicas(sensor)
+            .into_iter()
+            .filter(|n| state.is_up(n))
+            .map(|n| {
+                let node = self.nodes[&n].clone();
+                (n, node)
+            })
+            .collect();
+        if readers.is_empty() {
+            return Err(ReplicationError::Unavailable { required: 1, available: 0 });
+        }
+        Ok(readers)
+    }
+
+    /// The measurement stored under `key`, if any.
+    ///
+    /// Every live replica is asked (they are few, and local); the highest
+    /// version answers, and replicas that returned an older version or
+    /// nothing are repaired in the background.
+    pub async fn get(&self, key: &Key) -> ReplicationResult<Option<Sample>> {
+        let readers = self.readers_for(&key.sensor)?;
+        let answers = join_all(readers.iter().map(|(_, node)| node.get(key))).await;
+        let mut newest: Option<Record> = None;
+        let mut last_error = None;
+        for answer in &answers {
+            match answer {
+                Ok(Some(record)) => {
+                    newest = Some(match newest {
+                        Some(current) => Record::newest(current, record.clone()),
+                        None => record.clone(),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        if answers.iter().all(Result::is_err) {
+            tracing::warn!(%key, error = ?last_error, "every replica failed a read");
+            return Err(ReplicationError::Unavailable { required: 1, available: 0 });
+        }
+        if let Some(newest) = &newest {
+            for ((id, node), answer) in readers.iter().zip(&answers) {
+                let stale = match answer {
+                    Ok(Some(r)) => r.version < newest.version,
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if stale {
+                    tracing::debug!(node = %id, %key, "read repair");
+                    let node = node.clone();
+                    let record = newest.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = node.apply(vec![record]).await {
+                            tracing::warn!(%error, "read repair failed");
+                        }
+                    });
+                }
+            }
+        }
+        Ok(newest.and_then(|r| r.sample))
+    }
+
+    /// Live records in key order. With a sensor, from its first live replica
+    /// (falling back to the next); without, merged from every node.
+    pub async fn scan(&self, scan: Scan) -> ReplicationResult<Vec<Record>> {
+        match scan.sensor.clone() {
+            Some(sensor) => self.scan_sensor(&sensor, scan).await,
+            None => self.scan_all(scan).await,
+        }
+    }
+
+    async fn scan_sensor(&self, sensor: &SensorId, scan: Scan) -> ReplicationResult<Vec<Record>> {
+        let scan = Scan { tombstones: false, ..scan };
+        let mut last_error = None;
+        for (id, node) in self.readers_for(sensor)? {
+            match node.scan(scan.clone()).await {
+                Ok(records) => return Ok(records),
+                Err(error) => {
+                    tracing::warn!(node = %id, %error, "scan failed; trying the next replica");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.map(ReplicationError::from).unwrap_or(ReplicationError::Unavailable { required: 1, available: 0 }))
+    }
+
+    /// A scan over all sensors: each live node is read page by page and the
+    /// pages are merged by key, the highest version winning, counting a copy
+    /// only from a node that is authoritative for its sensor.
+    async fn scan_all(&self, scan: Scan) -> ReplicationResult<Vec<Record>> {
+        let (placement, live) = {
+            let state = self.state();
+            let placement = state.authoritative().clone();
+            for set in placement.replica_sets() {
+                if !set.iter().any(|n| state.is_up(n)) {
+                    return Err(ReplicationError::Unavailable { required: 1, available: 0 });
+                }
+            }
+            let live: Vec<(NodeId, Arc<dyn StorageNode>)> = self
+                .nodes
+                .iter()
+                .filter(|(id, _)| state.is_up(id))
+                .map(|(id, n)| (id.clone(), n.clone()))
+                .collect();
+            (placement, live)
+        };
+        let page = scan.limit.saturating_add(1).min(MERGE_PAGE);
+        let mut owners: HashMap<SensorId, Vec<NodeId>> = HashMap::new();
+        let mut out = Vec::new();
+        let mut cursor = scan.after.clone();
+        loop {
+            let request = Scan {
+                after: cursor.clone(),
+                limit: page,
+                tombstones: true,
+                ..scan.clone()
+            };
+            let pages = futures::future::try_join_all(live.iter().map(|(_, n)| n.scan(request.clone()))).await?;
+            // Past the end of a full page, that node may hold keys not yet seen.
+            let bound = pages
+                .iter()
+                .filter(|p| p.len() == page)
+                .filter_map(|p| p.last().map(|r| r.key.clone()))
+                .min();
+            let mut merged: BTreeMap<Key, Record> = BTreeMap::new();
+            for ((id, _), records) in live.iter().zip(pages) {
+                for record in records {
+                    if bound.as_ref().is_some_and(|b| record.key > *b) {
+                        break;
+                    }
+                    let sensor_owners = owners
+                        .entry(record.key.sensor.clone())
+                        .or_insert_with(|| placement.replicas(&record.key.sensor));
+                    if !sensor_owners.contains(id) {
+                        continue;
+                    }
+                    match merged.remove(&record.key) {
+                        Some(other) => merged.insert(record.key.clone(), Record::newest(other, record)),
+                        None => merged.insert(record.key.clone(), record),
+                    };
+                }
+            }
+            for record in merged.into_values().filter(|r| !r.is_tombstone()) {
+                out.push(record);
+                if out.len() == scan.limit {
+                    return Ok(out);
+                }
+            }
+            match bound {
+                Some(bound) => cursor = Some(bound),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    // ----- status -------------------------------------------------------
+
+    pub async fn node_reports(&self) -> Vec<NodeReport> {
+        let statuses: Vec<(NodeId, NodeStatus)> = self
+            .state()
+            .status
+            .iter()
+            .map(|(id, s)| (id.clone(), *s))
+            .collect();
+        let stats = join_all(statuses.iter().map(|(id, _)| self.nodes[id].stats())).await;
+        statuses
+            .into_iter()
+            .zip(stats)
+            .map(|((id, status), stats)| {
+                let stats = stats.ok();
+                NodeReport {
+                    hints_pending: self.meta.hints_pending(&id),
+                    id,
+                    status,
+                    keys: stats.map(|s| s.live_keys),
+                    tombstones: stats.map(|s| s.tombstones),
+                }
+            })
+            .collect()
+    }
+
+    pub fn rebalance_progress(&self) -> Option<RebalanceProgress> {
+        self.state().rebalance.clone()
+    }
+
+    /// Stops background work, lets pending writes finish and closes every
+    /// store. The replicator answers nothing afterwards.
+    pub async fn close(&self) {
+        let _gate = self.gate.write().await;
+        super::rebalance::stop_mover(self);
+        for (id, node) in &self.nodes {
+            if let Err(error) = node.close().await {
+                tracing::warn!(node = %id, %error, "closing storage node failed");
+            }
+        }
+        self.meta.close().await;
+    }
+}

@@ -1,0 +1,86 @@
+//! Shared test harness: clusters on real SQLite files or in-memory nodes,
+//! each in its own temporary directory, and small constructors.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use energyguard::reading::{Key, Reading, Sample, SensorId};
+use energyguard::replication::meta::MetaStore;
+use energyguard::replication::{PlacementSpec, ReplicationSettings, Replicator, StrategyKind};
+use energyguard::storage::memory::MemoryNode;
+use energyguard::storage::sqlite::Synchronous;
+use energyguard::storage::{NodeId, StorageNode};
+use tempfile::TempDir;
+
+pub fn node_ids(n: usize) -> Vec<NodeId> {
+    (1..=n).map(|i| format!("node{i}").parse().expect("valid node id")).collect()
+}
+
+pub fn settings(strategy: StrategyKind, replication_factor: usize, write_quorum: usize) -> ReplicationSettings {
+    ReplicationSettings {
+        strategy,
+        replication_factor,
+        virtual_nodes: 64,
+        write_quorum,
+    }
+}
+
+pub fn sensor(s: &str) -> SensorId {
+    s.parse().expect("valid sensor id")
+}
+
+pub fn key(s: &str, ts: i64) -> Key {
+    Key::new(sensor(s), ts)
+}
+
+pub fn reading(s: &str, ts: i64, value: f64) -> Reading {
+    Reading {
+        key: key(s, ts),
+        sample: Sample { value, unit: None },
+    }
+}
+
+/// A cluster of in-memory nodes (hints and settings on SQLite in a temp dir).
+pub struct MemoryCluster {
+    pub replicator: Arc<Replicator>,
+    pub nodes: BTreeMap<NodeId, Arc<MemoryNode>>,
+    pub dir: TempDir,
+}
+
+pub async fn memory_cluster(n: usize, settings: ReplicationSettings) -> MemoryCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let created: Arc<Mutex<BTreeMap<NodeId, Arc<MemoryNode>>>> = Arc::default();
+    let meta = MetaStore::open(dir.path(), Synchronous::Normal).expect("meta store");
+    let spec = PlacementSpec { settings, nodes: node_ids(n) };
+    let sink = created.clone();
+    let replicator = Replicator::open(meta, spec, move |id| {
+        let node = Arc::new(MemoryNode::new(id.clone()));
+        sink.lock().expect("lock").insert(id.clone(), node.clone());
+        Ok(node as Arc<dyn StorageNode>)
+    })
+    .await
+    .expect("open replicator");
+    let nodes = created.lock().expect("lock").clone();
+    MemoryCluster { replicator, nodes, dir }
+}
+
+pub async fn sqlite_cluster(dir: &std::path::Path, n: usize, settings: ReplicationSettings) -> Arc<Replicator> {
+    Replicator::open_sqlite(dir, PlacementSpec { settings, nodes: node_ids(n) }, Synchronous::Normal)
+        .await
+        .expect("open replicator")
+}
+
+/// Polls `condition` until it holds, failing after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
