@@ -356,7 +356,10 @@ pub fn parse_reading(
 }
 
 /// Refuses any field not in `allowed`: a typo must not vanish silently.
-pub fn reject_unknown_fields(object: &Map<String, Value>, allowed: &[&str]) -> Result<(), InvalidInput> {
+pub fn reject_unknown_fields(
+    object: &Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), InvalidInput> {
     match object.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(unknown) => Err(InvalidInput::new(
             unknown.clone(),
@@ -393,7 +396,15 @@ mod tests {
         assert_eq!(key.sensor.as_str(), "sensor1");
         assert_eq!(key.timestamp_ms, NOW);
         assert_eq!(key.to_string(), "sensor1:1751738400000");
-        for bad in ["sensor1", "sensor1:", "sensor1:abc", ":5", "a b:5", "s:-1", "s:99999999999999999999"] {
+        for bad in [
+            "sensor1",
+            "sensor1:",
+            "sensor1:abc",
+            ":5",
+            "a b:5",
+            "s:-1",
+            "s:99999999999999999999",
+        ] {
             assert!(bad.parse::<Key>().is_err(), "{bad} must be refused");
         }
     }
@@ -410,8 +421,12 @@ mod tests {
             (json!(1_751_738_400_000_i64), NOW),
         ];
         for (ts, expected) in cases {
-            let r = parse_reading(&json!({"sensor_id": "s", "timestamp": ts, "value": 1}), None, 0)
-                .expect("valid reading");
+            let r = parse_reading(
+                &json!({"sensor_id": "s", "timestamp": ts, "value": 1}),
+                None,
+                0,
+            )
+            .expect("valid reading");
             assert_eq!(r.key.timestamp_ms, expected, "timestamp {ts}");
         }
     }
@@ -433,10 +448,22 @@ mod tests {
             (json!({"sensor_id": "s"}), "value"),
             (json!({"sensor_id": "s", "value": "1"}), "value"),
             (json!({"sensor_id": "s", "value": null}), "value"),
-            (json!({"sensor_id": "s", "value": 1, "timestamp": "yesterday"}), "timestamp"),
-            (json!({"sensor_id": "s", "value": 1, "timestamp": true}), "timestamp"),
-            (json!({"sensor_id": "s", "value": 1, "timestamp": -5}), "timestamp"),
-            (json!({"sensor_id": "s", "value": 1, "unit": "much-too-long-unit"}), "unit"),
+            (
+                json!({"sensor_id": "s", "value": 1, "timestamp": "yesterday"}),
+                "timestamp",
+            ),
+            (
+                json!({"sensor_id": "s", "value": 1, "timestamp": true}),
+                "timestamp",
+            ),
+            (
+                json!({"sensor_id": "s", "value": 1, "timestamp": -5}),
+                "timestamp",
+            ),
+            (
+                json!({"sensor_id": "s", "value": 1, "unit": "much-too-long-unit"}),
+                "unit",
+            ),
             (json!({"sensor_id": "s", "value": 1, "unit": 3}), "unit"),
             (json!({"sensor_id": "s", "value": 1, "vaule": 2}), "vaule"),
         ];
@@ -451,8 +478,12 @@ mod tests {
         let topic = sensor("meter7");
         let r = parse_reading(&json!({"value": 1}), Some(&topic), NOW).expect("valid");
         assert_eq!(r.key.sensor, topic);
-        let err = parse_reading(&json!({"sensor_id": "other", "value": 1}), Some(&topic), NOW)
-            .expect_err("mismatch");
+        let err = parse_reading(
+            &json!({"sensor_id": "other", "value": 1}),
+            Some(&topic),
+            NOW,
+        )
+        .expect_err("mismatch");
         assert_eq!(err.field, "sensor_id");
     }
 
@@ -460,7 +491,10 @@ mod tests {
     fn measurements_serialize_in_the_spec_shape() {
         let m = Measurement::new(
             Key::new(sensor("sensor1"), NOW),
-            Sample { value: 75.5, unit: Some("W".parse().expect("unit")) },
+            Sample {
+                value: 75.5,
+                unit: Some("W".parse().expect("unit")),
+            },
         );
         assert_eq!(
             serde_json::to_value(&m).expect("serializes"),

@@ -30,7 +30,12 @@ impl Version {
 
 impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v{}.{}", self.physical_ms(), self.0 & ((1 << LOGICAL_BITS) - 1))
+        write!(
+            f,
+            "v{}.{}",
+            self.physical_ms(),
+            self.0 & ((1 << LOGICAL_BITS) - 1)
+        )
     }
 }
 
@@ -53,7 +58,10 @@ impl Clock {
     /// stored on disk, so a restart after the wall clock stepped back still
     /// issues newer versions).
     pub fn observe(&self, seen: Version) {
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *last = (*last).max(seen.0);
     }
 
@@ -70,7 +78,10 @@ impl Clock {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
             << LOGICAL_BITS;
-        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let first = physical.max(*last + 1);
         *last = first + count.saturating_sub(1);
         Version(first)

@@ -10,7 +10,10 @@ use energyguard::replication::{NodeStatus, ReplicationError, StrategyKind};
 use energyguard::storage::{Scan, StorageNode};
 
 fn everything() -> Scan {
-    Scan { limit: usize::MAX, ..Scan::default() }
+    Scan {
+        limit: usize::MAX,
+        ..Scan::default()
+    }
 }
 
 #[tokio::test]
@@ -19,10 +22,26 @@ async fn too_few_live_replicas_is_a_typed_error_and_stores_nothing() {
     let owners = c.replicator.replicas_for(&key("s1", 0));
     c.replicator.fail(&owners[0]).await.expect("fail");
 
-    let err = c.replicator.put(vec![reading("s1", 0, 1.0)]).await.expect_err("quorum unmet");
-    assert!(matches!(err, ReplicationError::Unavailable { required: 2, available: 1 }), "{err:?}");
+    let err = c
+        .replicator
+        .put(vec![reading("s1", 0, 1.0)])
+        .await
+        .expect_err("quorum unmet");
+    assert!(
+        matches!(
+            err,
+            ReplicationError::Unavailable {
+                required: 2,
+                available: 1
+            }
+        ),
+        "{err:?}"
+    );
     for node in c.nodes.values() {
-        assert!(node.get(&key("s1", 0)).await.expect("get").is_none(), "nothing stored");
+        assert!(
+            node.get(&key("s1", 0)).await.expect("get").is_none(),
+            "nothing stored"
+        );
     }
 }
 
@@ -38,20 +57,38 @@ async fn writes_for_a_down_replica_are_hinted_and_replayed_on_recovery() {
     let report = c.replicator.node_reports().await;
     let line = report.iter().find(|r| r.id == *down).expect("reported");
     assert_eq!((line.status, line.hints_pending), (NodeStatus::Down, 100));
-    assert!(c.nodes[down].scan(everything()).await.expect("scan").is_empty());
+    assert!(
+        c.nodes[down]
+            .scan(everything())
+            .await
+            .expect("scan")
+            .is_empty()
+    );
 
     let recovery = c.replicator.recover(down).await.expect("recover");
     assert_eq!(recovery.hints_replayed, 100);
     assert_eq!(recovery.status, NodeStatus::Up);
-    assert_eq!(c.nodes[down].scan(everything()).await.expect("scan").len(), 100);
-    let line = c.replicator.node_reports().await.into_iter().find(|r| r.id == *down).expect("reported");
+    assert_eq!(
+        c.nodes[down].scan(everything()).await.expect("scan").len(),
+        100
+    );
+    let line = c
+        .replicator
+        .node_reports()
+        .await
+        .into_iter()
+        .find(|r| r.id == *down)
+        .expect("reported");
     assert_eq!((line.hints_pending, line.keys), (0, Some(100)));
 }
 
 #[tokio::test]
 async fn all_replicas_down_is_unavailable_never_not_found() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
-    c.replicator.put(vec![reading("s1", 0, 1.0)]).await.expect("put");
+    c.replicator
+        .put(vec![reading("s1", 0, 1.0)])
+        .await
+        .expect("put");
     for node in c.replicator.replicas_for(&key("s1", 0)) {
         c.replicator.fail(&node).await.expect("fail");
     }
@@ -59,35 +96,69 @@ async fn all_replicas_down_is_unavailable_never_not_found() {
         let err = c.replicator.get(&k).await.expect_err("unavailable");
         assert!(matches!(err, ReplicationError::Unavailable { .. }));
     }
-    let err = c.replicator.scan(everything()).await.expect_err("a scan over all sensors cannot be complete");
+    let err = c
+        .replicator
+        .scan(everything())
+        .await
+        .expect_err("a scan over all sensors cannot be complete");
     assert!(matches!(err, ReplicationError::Unavailable { .. }));
 }
 
 #[tokio::test]
 async fn reads_fall_back_to_the_next_replica() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
-    c.replicator.put(vec![reading("s1", 0, 1.5)]).await.expect("put");
+    c.replicator
+        .put(vec![reading("s1", 0, 1.5)])
+        .await
+        .expect("put");
     let owners = c.replicator.replicas_for(&key("s1", 0));
     c.replicator.fail(&owners[0]).await.expect("fail");
-    let sample = c.replicator.get(&key("s1", 0)).await.expect("get").expect("found");
+    let sample = c
+        .replicator
+        .get(&key("s1", 0))
+        .await
+        .expect("get")
+        .expect("found");
     assert_eq!(sample.value, 1.5);
-    let history = c.replicator.scan(Scan { sensor: Some(sensor("s1")), ..everything() }).await.expect("scan");
+    let history = c
+        .replicator
+        .scan(Scan {
+            sensor: Some(sensor("s1")),
+            ..everything()
+        })
+        .await
+        .expect("scan");
     assert_eq!(history.len(), 1);
 }
 
 #[tokio::test]
 async fn the_highest_version_wins_and_stale_replicas_are_repaired() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 2)).await;
-    c.replicator.put(vec![reading("s1", 0, 1.0)]).await.expect("put");
+    c.replicator
+        .put(vec![reading("s1", 0, 1.0)])
+        .await
+        .expect("put");
     let owners = c.replicator.replicas_for(&key("s1", 0));
     // A newer version lands on the second replica only (as if the first
     // missed it): a read must answer it and repair the first.
-    let mut newer = c.nodes[&owners[1]].get(&key("s1", 0)).await.expect("get").expect("stored");
+    let mut newer = c.nodes[&owners[1]]
+        .get(&key("s1", 0))
+        .await
+        .expect("get")
+        .expect("stored");
     newer.version.0 += 10;
     newer.sample.as_mut().expect("value").value = 2.0;
-    c.nodes[&owners[1]].apply(vec![newer.clone()]).await.expect("apply");
+    c.nodes[&owners[1]]
+        .apply(vec![newer.clone()])
+        .await
+        .expect("apply");
 
-    let sample = c.replicator.get(&key("s1", 0)).await.expect("get").expect("found");
+    let sample = c
+        .replicator
+        .get(&key("s1", 0))
+        .await
+        .expect("get")
+        .expect("found");
     assert_eq!(sample.value, 2.0);
     let stale = c.nodes[&owners[0]].clone();
     wait_until(Duration::from_secs(5), || {
@@ -101,11 +172,20 @@ async fn the_highest_version_wins_and_stale_replicas_are_repaired() {
 #[tokio::test]
 async fn a_delete_missed_by_a_down_replica_never_comes_back() {
     let c = memory_cluster(3, settings(StrategyKind::Full, 1, 1)).await;
-    c.replicator.put(vec![reading("s1", 0, 1.0), reading("s1", 1, 2.0)]).await.expect("put");
+    c.replicator
+        .put(vec![reading("s1", 0, 1.0), reading("s1", 1, 2.0)])
+        .await
+        .expect("put");
     let down = node_ids(3).remove(2);
     c.replicator.fail(&down).await.expect("fail");
     assert!(c.replicator.delete(&key("s1", 0)).await.expect("delete"));
-    assert!(!c.replicator.delete(&key("s1", 0)).await.expect("second delete"), "already gone");
+    assert!(
+        !c.replicator
+            .delete(&key("s1", 0))
+            .await
+            .expect("second delete"),
+        "already gone"
+    );
     c.replicator.recover(&down).await.expect("recover");
 
     for _ in 0..3 {
@@ -120,11 +200,32 @@ async fn a_delete_missed_by_a_down_replica_never_comes_back() {
 #[tokio::test]
 async fn updates_replace_existing_values_only() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
-    assert!(!c.replicator.update(&key("s1", 0), 5.0, None).await.expect("update"));
-    c.replicator.put(vec![reading("s1", 0, 1.0)]).await.expect("put");
-    assert!(c.replicator.update(&key("s1", 0), 5.0, Some("kW".parse().expect("unit"))).await.expect("update"));
-    let sample = c.replicator.get(&key("s1", 0)).await.expect("get").expect("found");
-    assert_eq!((sample.value, sample.unit.as_ref().map(|u| u.as_str())), (5.0, Some("kW")));
+    assert!(
+        !c.replicator
+            .update(&key("s1", 0), 5.0, None)
+            .await
+            .expect("update")
+    );
+    c.replicator
+        .put(vec![reading("s1", 0, 1.0)])
+        .await
+        .expect("put");
+    assert!(
+        c.replicator
+            .update(&key("s1", 0), 5.0, Some("kW".parse().expect("unit")))
+            .await
+            .expect("update")
+    );
+    let sample = c
+        .replicator
+        .get(&key("s1", 0))
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(
+        (sample.value, sample.unit.as_ref().map(|u| u.as_str())),
+        (5.0, Some("kW"))
+    );
 }
 
 #[tokio::test]
@@ -135,7 +236,9 @@ async fn recovery_repairs_writes_that_were_never_hinted() {
     let node2 = node_ids(3).remove(1);
     {
         let r = sqlite_cluster(dir.path(), 3, settings(StrategyKind::Full, 1, 1)).await;
-        let readings: Vec<_> = (0..5_000).map(|i| reading(&format!("s{}", i % 7), i, i as f64)).collect();
+        let readings: Vec<_> = (0..5_000)
+            .map(|i| reading(&format!("s{}", i % 7), i, i as f64))
+            .collect();
         r.put(readings).await.expect("put");
         r.delete(&key("s0", 0)).await.expect("delete");
         r.fail(&node2).await.expect("fail");
@@ -146,21 +249,37 @@ async fn recovery_repairs_writes_that_were_never_hinted() {
     }
     let r = sqlite_cluster(dir.path(), 3, settings(StrategyKind::Full, 1, 1)).await;
     let report = r.node_reports().await;
-    assert_eq!(report[1].status, NodeStatus::Down, "a failed node stays down across restarts");
+    assert_eq!(
+        report[1].status,
+        NodeStatus::Down,
+        "a failed node stays down across restarts"
+    );
     assert_eq!(report[1].keys, Some(0));
 
     let recovery = r.recover(&node2).await.expect("recover");
     assert_eq!(recovery.hints_replayed, 0);
     assert_eq!(recovery.repaired, 5_000, "4,999 values and one tombstone");
     let reports = r.node_reports().await;
-    assert!(reports.iter().all(|n| n.keys == Some(4_999) && n.tombstones == Some(1)), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .all(|n| n.keys == Some(4_999) && n.tombstones == Some(1)),
+        "{reports:?}"
+    );
 
     // The recovered node alone answers exactly what the others do.
     for other in [node_ids(3).remove(0), node_ids(3).remove(2)] {
         r.fail(&other).await.expect("fail");
     }
     assert_eq!(r.get(&key("s0", 0)).await.expect("get"), None);
-    assert_eq!(r.get(&key("s3", 3)).await.expect("get").expect("found").value, 3.0);
+    assert_eq!(
+        r.get(&key("s3", 3))
+            .await
+            .expect("get")
+            .expect("found")
+            .value,
+        3.0
+    );
     r.close().await;
 }
 
@@ -174,7 +293,10 @@ async fn recovery_repairs_a_partially_stale_node_bucket_by_bucket() {
     // Three records vanish from node2 behind the replicator's back.
     let lost: Vec<_> = [3, 20, 40].iter().map(|h| key("s", h * hour)).collect();
     let kept: Vec<_> = c.nodes[&node2]
-        .scan(Scan { tombstones: true, ..everything() })
+        .scan(Scan {
+            tombstones: true,
+            ..everything()
+        })
         .await
         .expect("scan")
         .into_iter()
@@ -185,20 +307,37 @@ async fn recovery_repairs_a_partially_stale_node_bucket_by_bucket() {
 
     let recovery = c.replicator.recover(&node2).await.expect("recover");
     assert_eq!(recovery.repaired, 3);
-    assert_eq!(c.nodes[&node2].scan(everything()).await.expect("scan").len(), 48);
+    assert_eq!(
+        c.nodes[&node2]
+            .scan(everything())
+            .await
+            .expect("scan")
+            .len(),
+        48
+    );
 }
 
 #[tokio::test]
 async fn scans_over_all_sensors_merge_replicas_and_page() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
-    let readings: Vec<_> = (0..300).map(|i| reading(&format!("s{}", i % 10), i, i as f64)).collect();
+    let readings: Vec<_> = (0..300)
+        .map(|i| reading(&format!("s{}", i % 10), i, i as f64))
+        .collect();
     c.replicator.put(readings).await.expect("put");
     c.replicator.delete(&key("s0", 0)).await.expect("delete");
 
     let mut pages = Vec::new();
     let mut after = None;
     loop {
-        let page = c.replicator.scan(Scan { after: after.clone(), limit: 7, ..Scan::default() }).await.expect("scan");
+        let page = c
+            .replicator
+            .scan(Scan {
+                after: after.clone(),
+                limit: 7,
+                ..Scan::default()
+            })
+            .await
+            .expect("scan");
         if page.is_empty() {
             break;
         }
@@ -206,20 +345,39 @@ async fn scans_over_all_sensors_merge_replicas_and_page() {
         pages.extend(page);
     }
     assert_eq!(pages.len(), 299);
-    assert!(pages.windows(2).all(|w| w[0].key < w[1].key), "strict key order, no duplicates");
+    assert!(
+        pages.windows(2).all(|w| w[0].key < w[1].key),
+        "strict key order, no duplicates"
+    );
 }
 
 #[tokio::test]
 async fn rebalancing_moves_data_and_never_fails_a_read() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 1, 1)).await;
-    let readings: Vec<_> = (0..3_000).map(|i| reading(&format!("s{}", i % 30), i, i as f64)).collect();
+    let readings: Vec<_> = (0..3_000)
+        .map(|i| reading(&format!("s{}", i % 30), i, i as f64))
+        .collect();
     c.replicator.put(readings).await.expect("put");
 
-    c.replicator.configure(settings(StrategyKind::Full, 1, 2)).await.expect("configure");
+    c.replicator
+        .configure(settings(StrategyKind::Full, 1, 2))
+        .await
+        .expect("configure");
     assert!(c.replicator.rebalance_progress().is_some());
     // Mid-move: reads and writes work; a write during the move reaches its new owners.
-    assert_eq!(c.replicator.get(&key("s5", 5)).await.expect("get").expect("found").value, 5.0);
-    c.replicator.put(vec![reading("late", 1, 1.0)]).await.expect("write during move");
+    assert_eq!(
+        c.replicator
+            .get(&key("s5", 5))
+            .await
+            .expect("get")
+            .expect("found")
+            .value,
+        5.0
+    );
+    c.replicator
+        .put(vec![reading("late", 1, 1.0)])
+        .await
+        .expect("write during move");
 
     c.replicator.start_background();
     let r = c.replicator.clone();
@@ -229,11 +387,19 @@ async fn rebalancing_moves_data_and_never_fails_a_read() {
     })
     .await;
     for node in c.nodes.values() {
-        assert_eq!(node.scan(everything()).await.expect("scan").len(), 3_001, "{} holds everything", node.id());
+        assert_eq!(
+            node.scan(everything()).await.expect("scan").len(),
+            3_001,
+            "{} holds everything",
+            node.id()
+        );
     }
 
     // Back to one copy each: copies on nodes that no longer own a sensor go.
-    c.replicator.configure(settings(StrategyKind::Consistent, 1, 1)).await.expect("configure");
+    c.replicator
+        .configure(settings(StrategyKind::Consistent, 1, 1))
+        .await
+        .expect("configure");
     wait_until(Duration::from_secs(20), || {
         let r = r.clone();
         async move { r.is_settled().await.expect("settled") }
@@ -242,7 +408,11 @@ async fn rebalancing_moves_data_and_never_fails_a_read() {
     let mut total = 0;
     for node in c.nodes.values() {
         let records = node.scan(everything()).await.expect("scan");
-        assert!(records.iter().all(|rec| c.replicator.replicas_for(&rec.key).contains(node.id())));
+        assert!(
+            records
+                .iter()
+                .all(|rec| c.replicator.replicas_for(&rec.key).contains(node.id()))
+        );
         total += records.len();
     }
     assert_eq!(total, 3_001);
@@ -251,11 +421,16 @@ async fn rebalancing_moves_data_and_never_fails_a_read() {
 #[tokio::test]
 async fn a_rebalance_waits_for_down_nodes_and_loses_nothing() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 1, 1)).await;
-    let readings: Vec<_> = (0..600).map(|i| reading(&format!("s{}", i % 20), i, 1.0)).collect();
+    let readings: Vec<_> = (0..600)
+        .map(|i| reading(&format!("s{}", i % 20), i, 1.0))
+        .collect();
     c.replicator.put(readings).await.expect("put");
     let down = node_ids(3).remove(0);
     c.replicator.fail(&down).await.expect("fail");
-    c.replicator.configure(settings(StrategyKind::Consistent, 2, 1)).await.expect("configure");
+    c.replicator
+        .configure(settings(StrategyKind::Consistent, 2, 1))
+        .await
+        .expect("configure");
     assert_eq!(
         c.replicator.rebalance_step().await.expect("step"),
         energyguard::replication::RebalanceStep::Blocked
@@ -279,14 +454,22 @@ async fn configuration_and_data_survive_a_restart() {
     {
         let r = sqlite_cluster(dir.path(), 3, settings(StrategyKind::Consistent, 2, 1)).await;
         r.put(vec![reading("s1", 0, 1.0)]).await.expect("put");
-        r.configure(settings(StrategyKind::Full, 1, 2)).await.expect("configure");
+        r.configure(settings(StrategyKind::Full, 1, 2))
+            .await
+            .expect("configure");
         r.close().await;
     }
     // The stored configuration wins over the one passed at start.
     let r = sqlite_cluster(dir.path(), 3, settings(StrategyKind::Consistent, 2, 1)).await;
     let placement = r.placement().settings();
-    assert_eq!((placement.strategy, placement.write_quorum), (StrategyKind::Full, 2));
-    assert!(r.rebalance_progress().is_some(), "the interrupted move resumes");
+    assert_eq!(
+        (placement.strategy, placement.write_quorum),
+        (StrategyKind::Full, 2)
+    );
+    assert!(
+        r.rebalance_progress().is_some(),
+        "the interrupted move resumes"
+    );
     r.start_background();
     wait_until(Duration::from_secs(20), || {
         let r = r.clone();
@@ -294,7 +477,14 @@ async fn configuration_and_data_survive_a_restart() {
     })
     .await;
     assert!(r.node_reports().await.iter().all(|n| n.keys == Some(1)));
-    assert_eq!(r.get(&key("s1", 0)).await.expect("get").expect("found").value, 1.0);
+    assert_eq!(
+        r.get(&key("s1", 0))
+            .await
+            .expect("get")
+            .expect("found")
+            .value,
+        1.0
+    );
     r.close().await;
 }
 
@@ -303,7 +493,9 @@ async fn adding_a_node_in_the_configuration_rebalances_onto_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
         let r = sqlite_cluster(dir.path(), 3, settings(StrategyKind::Consistent, 1, 1)).await;
-        let readings: Vec<_> = (0..2_000).map(|i| reading(&format!("s{i}"), 0, 1.0)).collect();
+        let readings: Vec<_> = (0..2_000)
+            .map(|i| reading(&format!("s{i}"), 0, 1.0))
+            .collect();
         r.put(readings).await.expect("put");
         r.close().await;
     }
@@ -317,7 +509,10 @@ async fn adding_a_node_in_the_configuration_rebalances_onto_it() {
     let reports = r.node_reports().await;
     let keys: Vec<u64> = reports.iter().map(|n| n.keys.expect("counted")).collect();
     assert_eq!(keys.iter().sum::<u64>(), 2_000);
-    assert!((300..=700).contains(&keys[3]), "node4 took about a quarter: {keys:?}");
+    assert!(
+        (300..=700).contains(&keys[3]),
+        "node4 took about a quarter: {keys:?}"
+    );
     r.close().await;
 }
 
@@ -332,7 +527,16 @@ async fn invalid_configurations_are_refused_and_change_nothing() {
         let err = c.replicator.configure(bad).await.expect_err("invalid");
         assert!(matches!(err, ReplicationError::InvalidConfig(_)));
     }
-    assert_eq!(c.replicator.placement().settings(), settings(StrategyKind::Consistent, 2, 1));
-    assert!(matches!(c.replicator.node_id("node9"), Err(ReplicationError::UnknownNode(_))));
-    assert!(matches!(c.replicator.node_id("../etc"), Err(ReplicationError::UnknownNode(_))));
+    assert_eq!(
+        c.replicator.placement().settings(),
+        settings(StrategyKind::Consistent, 2, 1)
+    );
+    assert!(matches!(
+        c.replicator.node_id("node9"),
+        Err(ReplicationError::UnknownNode(_))
+    ));
+    assert!(matches!(
+        c.replicator.node_id("../etc"),
+        Err(ReplicationError::UnknownNode(_))
+    ));
 }

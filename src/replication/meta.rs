@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::reading::Unit;
 use crate::storage::sqlite::{ReadPool, RecordDecoder, Synchronous, open_connection};
-use crate::storage::worker::{WriteExecutor, Worker};
+use crate::storage::worker::{Worker, WriteExecutor};
 use crate::storage::{NodeId, Record, StorageError, StorageResult};
 use crate::version::Version;
 
@@ -71,7 +71,11 @@ impl WriteExecutor for MetaWriter {
                 )?;
                 for r in records {
                     let value = r.sample.as_ref().map(|s| s.value);
-                    let unit = r.sample.as_ref().and_then(|s| s.unit.as_ref()).map(Unit::as_str);
+                    let unit = r
+                        .sample
+                        .as_ref()
+                        .and_then(|s| s.unit.as_ref())
+                        .map(Unit::as_str);
                     insert.execute(params![
                         node.as_str(),
                         r.key.sensor.as_str(),
@@ -144,7 +148,10 @@ impl MetaStore {
         if records.is_empty() {
             return Ok(());
         }
-        let added = self.writer.submit(MetaWrite::AddHints(node.clone(), records)).await?;
+        let added = self
+            .writer
+            .submit(MetaWrite::AddHints(node.clone(), records))
+            .await?;
         *self.pending().entry(node.clone()).or_default() += added;
         Ok(())
     }
@@ -176,7 +183,10 @@ impl MetaStore {
     pub async fn remove_hints(&self, node: &NodeId, up_to: i64) -> StorageResult<()> {
         let removed = self
             .writer
-            .submit(MetaWrite::RemoveHints { node: node.clone(), up_to })
+            .submit(MetaWrite::RemoveHints {
+                node: node.clone(),
+                up_to,
+            })
             .await?;
         let mut pending = self.pending();
         let count = pending.entry(node.clone()).or_default();
@@ -192,13 +202,17 @@ impl MetaStore {
     pub async fn max_version(&self) -> StorageResult<Version> {
         self.readers
             .read(|c| {
-                let max: Option<i64> = c.query_row("SELECT max(version) FROM hints", [], |r| r.get(0))?;
+                let max: Option<i64> =
+                    c.query_row("SELECT max(version) FROM hints", [], |r| r.get(0))?;
                 Ok(Version(max.unwrap_or(0) as u64))
             })
             .await
     }
 
-    pub async fn setting<T: DeserializeOwned + Send + 'static>(&self, name: &str) -> StorageResult<Option<T>> {
+    pub async fn setting<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+    ) -> StorageResult<Option<T>> {
         let name = name.to_string();
         self.readers
             .read(move |c| {
@@ -220,12 +234,16 @@ impl MetaStore {
     pub async fn put_setting<T: Serialize>(&self, name: &str, value: &T) -> StorageResult<()> {
         let text = serde_json::to_string(value)
             .map_err(|e| StorageError::Corrupt(format!("setting {name}: {e}")))?;
-        self.writer.submit(MetaWrite::PutSetting(name.to_string(), text)).await?;
+        self.writer
+            .submit(MetaWrite::PutSetting(name.to_string(), text))
+            .await?;
         Ok(())
     }
 
     pub async fn delete_setting(&self, name: &str) -> StorageResult<()> {
-        self.writer.submit(MetaWrite::DeleteSetting(name.to_string())).await?;
+        self.writer
+            .submit(MetaWrite::DeleteSetting(name.to_string()))
+            .await?;
         Ok(())
     }
 

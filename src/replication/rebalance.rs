@@ -79,7 +79,10 @@ impl Replicator {
     /// Changes the replication settings (strategy, replication factor,
     /// virtual nodes, write quorum). Durable at once; data moves in the
     /// background. Answers the new settings.
-    pub async fn configure(&self, settings: ReplicationSettings) -> ReplicationResult<ReplicationSettings> {
+    pub async fn configure(
+        &self,
+        settings: ReplicationSettings,
+    ) -> ReplicationResult<ReplicationSettings> {
         let _admin = self.admin.lock().await;
         let nodes = self.state().current.nodes().to_vec();
         let new = Arc::new(Placement::new(settings, nodes)?);
@@ -92,7 +95,9 @@ impl Replicator {
         let moving = !complete.same_layout(&new);
         self.meta.put_setting(PLACEMENT, &new.spec()).await?;
         if moving {
-            self.meta.put_setting(PREVIOUS_PLACEMENT, &complete.spec()).await?;
+            self.meta
+                .put_setting(PREVIOUS_PLACEMENT, &complete.spec())
+                .await?;
         } else {
             // Back to the complete layout (or a quorum change only): copies
             // made towards an abandoned layout must be cleaned up.
@@ -114,7 +119,12 @@ impl Replicator {
 
     /// Whether no data is waiting to be moved or cleaned up.
     pub async fn is_settled(&self) -> ReplicationResult<bool> {
-        Ok(self.state().previous.is_none() && !self.meta.setting::<bool>(CLEANUP_PENDING).await?.unwrap_or(false))
+        Ok(self.state().previous.is_none()
+            && !self
+                .meta
+                .setting::<bool>(CLEANUP_PENDING)
+                .await?
+                .unwrap_or(false))
     }
 
     /// One pass of the mover: copy every sensor to its new owners, then
@@ -127,7 +137,12 @@ impl Replicator {
             (state.previous.clone(), state.current.clone())
         };
         let Some(previous) = previous else {
-            if self.meta.setting::<bool>(CLEANUP_PENDING).await?.unwrap_or(false) {
+            if self
+                .meta
+                .setting::<bool>(CLEANUP_PENDING)
+                .await?
+                .unwrap_or(false)
+            {
                 self.clean_up(&current).await?;
                 return Ok(RebalanceStep::Finished);
             }
@@ -166,7 +181,10 @@ impl Replicator {
             let _gate = self.gate.write().await;
             let unchanged = {
                 let state = self.state();
-                state.previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &previous))
+                state
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(p, &previous))
                     && Arc::ptr_eq(&state.current, &current)
             };
             if !unchanged || !self.all_up(&previous, &current) {
@@ -187,15 +205,31 @@ impl Replicator {
 
     /// Copies `sensor` from its first old owner to each new owner that was
     /// not an old owner. Answers records changed.
-    async fn move_sensor(&self, previous: &Placement, current: &Placement, sensor: &SensorId) -> ReplicationResult<u64> {
+    async fn move_sensor(
+        &self,
+        previous: &Placement,
+        current: &Placement,
+        sensor: &SensorId,
+    ) -> ReplicationResult<u64> {
         let old_owners = previous.replicas(sensor);
         let Some(source) = old_owners.first() else {
             return Ok(0);
         };
         let source = self.node(source)?.clone();
         let mut copied = 0;
-        for target in current.replicas(sensor).iter().filter(|n| !old_owners.contains(n)) {
-            copied += copy_range(source.as_ref(), self.node(target)?.as_ref(), sensor, None, None).await?;
+        for target in current
+            .replicas(sensor)
+            .iter()
+            .filter(|n| !old_owners.contains(n))
+        {
+            copied += copy_range(
+                source.as_ref(),
+                self.node(target)?.as_ref(),
+                sensor,
+                None,
+                None,
+            )
+            .await?;
         }
         Ok(copied)
     }
@@ -227,7 +261,11 @@ impl Replicator {
 
     fn all_up(&self, previous: &Placement, current: &Placement) -> bool {
         let state = self.state();
-        previous.nodes().iter().chain(current.nodes()).all(|n| state.is_up(n))
+        previous
+            .nodes()
+            .iter()
+            .chain(current.nodes())
+            .all(|n| state.is_up(n))
     }
 
     fn set_phase(&self, phase: RebalancePhase) {
@@ -250,7 +288,9 @@ pub(super) fn spawn_mover(replicator: &Arc<Replicator>) {
         loop {
             let woken = wakeup.notified();
             let pass = {
-                let Some(replicator) = weak.upgrade() else { return };
+                let Some(replicator) = weak.upgrade() else {
+                    return;
+                };
                 if replicator.meta_closed() {
                     return;
                 }

@@ -49,7 +49,9 @@ impl Replicator {
             let _gate = self.gate.write().await;
             let mut state = self.state_mut();
             if state.status.get(id) == Some(&NodeStatus::Down) {
-                return Err(ReplicationError::Conflict(format!("node {id} is already down")));
+                return Err(ReplicationError::Conflict(format!(
+                    "node {id} is already down"
+                )));
             }
             state.status.insert(id.clone(), NodeStatus::Down);
         }
@@ -64,7 +66,9 @@ impl Replicator {
         let _admin = self.admin.lock().await;
         {
             let _gate = self.gate.write().await;
-            self.state_mut().status.insert(id.clone(), NodeStatus::Recovering);
+            self.state_mut()
+                .status
+                .insert(id.clone(), NodeStatus::Recovering);
         }
         tracing::info!(node = %id, "recovering node");
         let started = Instant::now();
@@ -146,7 +150,11 @@ impl Replicator {
         let mine = by_sensor(target.digests(DigestRequest::default()).await?);
         let mut theirs = Vec::with_capacity(peers.len());
         for (peer, node) in &peers {
-            theirs.push((peer, node, by_sensor(node.digests(DigestRequest::default()).await?)));
+            theirs.push((
+                peer,
+                node,
+                by_sensor(node.digests(DigestRequest::default()).await?),
+            ));
         }
         let sensors: BTreeSet<&SensorId> = mine
             .keys()
@@ -165,7 +173,9 @@ impl Replicator {
             }
             let mut target_has_sensor = mine.contains_key(sensor);
             for (peer, node, digests) in &theirs {
-                let Some(digest) = digests.get(sensor) else { continue };
+                let Some(digest) = digests.get(sensor) else {
+                    continue;
+                };
                 let in_sync = mine
                     .get(sensor)
                     .is_some_and(|m| m.count == digest.count && m.hash == digest.hash);

@@ -125,7 +125,10 @@ impl Replicator {
                 tracing::info!(from = ?stored.nodes, to = ?configured.nodes, "storage nodes changed: rebalancing");
                 let settings = stored.settings;
                 previous = previous.or(Some(stored));
-                PlacementSpec { settings, nodes: configured.nodes }
+                PlacementSpec {
+                    settings,
+                    nodes: configured.nodes,
+                }
             }
         };
         let current = Arc::new(Placement::from_spec(&current)?);
@@ -135,7 +138,11 @@ impl Replicator {
             .filter(|p| !p.same_layout(&current));
 
         let mut nodes = BTreeMap::new();
-        for id in current.nodes().iter().chain(previous.iter().flat_map(|p| p.nodes())) {
+        for id in current
+            .nodes()
+            .iter()
+            .chain(previous.iter().flat_map(|p| p.nodes()))
+        {
             if !nodes.contains_key(id) {
                 nodes.insert(id.clone(), open_node(id)?);
             }
@@ -144,7 +151,11 @@ impl Replicator {
         let status = nodes
             .keys()
             .map(|id| {
-                let s = if down.contains(id) { NodeStatus::Down } else { NodeStatus::Up };
+                let s = if down.contains(id) {
+                    NodeStatus::Down
+                } else {
+                    NodeStatus::Up
+                };
                 (id.clone(), s)
             })
             .collect();
@@ -160,7 +171,9 @@ impl Replicator {
             Some(p) => meta.put_setting(PREVIOUS_PLACEMENT, &p.spec()).await?,
             None => meta.delete_setting(PREVIOUS_PLACEMENT).await?,
         }
-        let rebalance = previous.as_ref().map(|p| RebalanceProgress::new(p, &current));
+        let rebalance = previous
+            .as_ref()
+            .map(|p| RebalanceProgress::new(p, &current));
         let replicator = Arc::new(Self {
             nodes,
             state: RwLock::new(ClusterState {
@@ -270,7 +283,12 @@ impl Replicator {
 
     /// Replaces an existing measurement's value; `false` if there is none.
     /// A unit of `None` keeps the stored unit.
-    pub async fn update(&self, key: &Key, value: f64, unit: Option<crate::reading::Unit>) -> ReplicationResult<bool> {
+    pub async fn update(
+        &self,
+        key: &Key,
+        value: f64,
+        unit: Option<crate::reading::Unit>,
+    ) -> ReplicationResult<bool> {
         let Some(existing) = self.get(key).await? else {
             return Ok(false);
         };
@@ -335,7 +353,10 @@ impl Replicator {
         for voters in &plan.voter_sets {
             let available = voters.iter().filter(|v| succeeded.contains(*v)).count();
             if available < quorum {
-                return Err(ReplicationError::Unavailable { required: quorum, available });
+                return Err(ReplicationError::Unavailable {
+                    required: quorum,
+                    available,
+                });
             }
         }
         Ok(())
@@ -363,17 +384,19 @@ impl Replicator {
                     available: voters.len(),
                 });
             }
-            for node in owners.iter() {
+            // Previous owners keep receiving writes during a move so they stay
+            // complete (the ones that are down through hints, like owners:
+            // repair alone could not help them if the nodes that took the
+            // write were down by the time they recover).
+            for node in owners.iter().chain(extra.iter()) {
                 let destination = match state.status[node] {
                     NodeStatus::Down => &mut plan.hints,
                     NodeStatus::Up | NodeStatus::Recovering => &mut plan.stores,
                 };
-                destination.entry(node.clone()).or_default().push(record.clone());
-            }
-            // Previous owners keep receiving writes during a move so they stay
-            // complete; one that is down catches up when it is recovered.
-            for node in extra.iter().filter(|n| state.status[*n] != NodeStatus::Down) {
-                plan.stores.entry(node.clone()).or_default().push(record.clone());
+                destination
+                    .entry(node.clone())
+                    .or_default()
+                    .push(record.clone());
             }
             plan.voter_sets.insert(voters);
         }
@@ -383,7 +406,12 @@ impl Replicator {
     /// A node failed to store a write: it is taken out of service (it may now
     /// be missing data, so it must not serve reads until recovered) and the
     /// write is kept as a hint for it.
-    async fn take_out_after_error(&self, id: &NodeId, records: Vec<Record>, error: StorageError) -> ReplicationResult<()> {
+    async fn take_out_after_error(
+        &self,
+        id: &NodeId,
+        records: Vec<Record>,
+        error: StorageError,
+    ) -> ReplicationResult<()> {
         tracing::error!(node = %id, %error, "storage node failed a write: taking it out of service until it is recovered");
         self.state_mut().status.insert(id.clone(), NodeStatus::Down);
         self.persist_down_nodes().await?;
@@ -394,7 +422,10 @@ impl Replicator {
     // ----- reads --------------------------------------------------------
 
     /// The live replicas that are complete for `sensor`, in preference order.
-    fn readers_for(&self, sensor: &SensorId) -> ReplicationResult<Vec<(NodeId, Arc<dyn StorageNode>)>> {
+    fn readers_for(
+        &self,
+        sensor: &SensorId,
+    ) -> ReplicationResult<Vec<(NodeId, Arc<dyn StorageNode>)>> {
         let state = self.state();
         let readers: Vec<_> = state
             .authoritative()
@@ -407,7 +438,10 @@ impl Replicator {
             })
             .collect();
         if readers.is_empty() {
-            return Err(ReplicationError::Unavailable { required: 1, available: 0 });
+            return Err(ReplicationError::Unavailable {
+                required: 1,
+                available: 0,
+            });
         }
         Ok(readers)
     }
@@ -436,7 +470,10 @@ impl Replicator {
         }
         if answers.iter().all(Result::is_err) {
             tracing::warn!(%key, error = ?last_error, "every replica failed a read");
-            return Err(ReplicationError::Unavailable { required: 1, available: 0 });
+            return Err(ReplicationError::Unavailable {
+                required: 1,
+                available: 0,
+            });
         }
         if let Some(newest) = &newest {
             for ((id, node), answer) in readers.iter().zip(&answers) {
@@ -470,7 +507,10 @@ impl Replicator {
     }
 
     async fn scan_sensor(&self, sensor: &SensorId, scan: Scan) -> ReplicationResult<Vec<Record>> {
-        let scan = Scan { tombstones: false, ..scan };
+        let scan = Scan {
+            tombstones: false,
+            ..scan
+        };
         let mut last_error = None;
         for (id, node) in self.readers_for(sensor)? {
             match node.scan(scan.clone()).await {
@@ -481,7 +521,12 @@ impl Replicator {
                 }
             }
         }
-        Err(last_error.map(ReplicationError::from).unwrap_or(ReplicationError::Unavailable { required: 1, available: 0 }))
+        Err(last_error
+            .map(ReplicationError::from)
+            .unwrap_or(ReplicationError::Unavailable {
+                required: 1,
+                available: 0,
+            }))
     }
 
     /// A scan over all sensors: each live node is read page by page and the
@@ -493,7 +538,10 @@ impl Replicator {
             let placement = state.authoritative().clone();
             for set in placement.replica_sets() {
                 if !set.iter().any(|n| state.is_up(n)) {
-                    return Err(ReplicationError::Unavailable { required: 1, available: 0 });
+                    return Err(ReplicationError::Unavailable {
+                        required: 1,
+                        available: 0,
+                    });
                 }
             }
             let live: Vec<(NodeId, Arc<dyn StorageNode>)> = self
@@ -515,7 +563,9 @@ impl Replicator {
                 tombstones: true,
                 ..scan.clone()
             };
-            let pages = futures::future::try_join_all(live.iter().map(|(_, n)| n.scan(request.clone()))).await?;
+            let pages =
+                futures::future::try_join_all(live.iter().map(|(_, n)| n.scan(request.clone())))
+                    .await?;
             // Past the end of a full page, that node may hold keys not yet seen.
             let bound = pages
                 .iter()
@@ -535,7 +585,9 @@ impl Replicator {
                         continue;
                     }
                     match merged.remove(&record.key) {
-                        Some(other) => merged.insert(record.key.clone(), Record::newest(other, record)),
+                        Some(other) => {
+                            merged.insert(record.key.clone(), Record::newest(other, record))
+                        }
                         None => merged.insert(record.key.clone(), record),
                     };
                 }

@@ -95,7 +95,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn nodes(names: &[&str]) -> Vec<NodeId> {
-        names.iter().map(|n| n.parse().expect("valid node id")).collect()
+        names
+            .iter()
+            .map(|n| n.parse().expect("valid node id"))
+            .collect()
     }
 
     fn owners(ring: &HashRing, sensors: &[String]) -> Vec<NodeId> {
@@ -137,7 +140,10 @@ mod tests {
             .iter()
             .map(|s| {
                 let list = ring.preference_list(s.as_bytes(), 2);
-                list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+                list.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             })
             .collect();
         assert_eq!(got, GOLDEN);
@@ -165,7 +171,10 @@ mod tests {
         let b = HashRing::new(&nodes(&["node3", "node1", "node2"]), 64);
         for i in 0..1_000 {
             let key = format!("sensor{i}");
-            assert_eq!(a.preference_list(key.as_bytes(), 2), b.preference_list(key.as_bytes(), 2));
+            assert_eq!(
+                a.preference_list(key.as_bytes(), 2),
+                b.preference_list(key.as_bytes(), 2)
+            );
         }
     }
 

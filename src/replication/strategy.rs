@@ -78,7 +78,9 @@ impl FullCopy {
             return Vec::new();
         }
         let start = (stable_hash(sensor.as_str().as_bytes()) % n as u64) as usize;
-        (0..n).map(|i| self.nodes[(start + i) % n].clone()).collect()
+        (0..n)
+            .map(|i| self.nodes[(start + i) % n].clone())
+            .collect()
     }
 }
 
@@ -121,7 +123,10 @@ impl Placement {
     /// Validates `settings` against `nodes` and builds the placement.
     pub fn new(settings: ReplicationSettings, nodes: Vec<NodeId>) -> Result<Self, InvalidInput> {
         if nodes.is_empty() {
-            return Err(InvalidInput::new("nodes", "at least one storage node is required"));
+            return Err(InvalidInput::new(
+                "nodes",
+                "at least one storage node is required",
+            ));
         }
         let mut unique = nodes.clone();
         unique.sort();
@@ -130,12 +135,17 @@ impl Placement {
             return Err(InvalidInput::new("nodes", "node ids must be unique"));
         }
         let layout = match settings.strategy {
-            StrategyKind::Full => Layout::Full(FullCopy { nodes: nodes.clone() }),
+            StrategyKind::Full => Layout::Full(FullCopy {
+                nodes: nodes.clone(),
+            }),
             StrategyKind::Consistent => {
                 if settings.replication_factor == 0 || settings.replication_factor > nodes.len() {
                     return Err(InvalidInput::new(
                         "replication_factor",
-                        format!("must be between 1 and the number of nodes ({})", nodes.len()),
+                        format!(
+                            "must be between 1 and the number of nodes ({})",
+                            nodes.len()
+                        ),
                     ));
                 }
                 if settings.virtual_nodes == 0 || settings.virtual_nodes > MAX_VIRTUAL_NODES {
@@ -150,7 +160,11 @@ impl Placement {
                 })
             }
         };
-        let placement = Self { settings, nodes, layout };
+        let placement = Self {
+            settings,
+            nodes,
+            layout,
+        };
         let copies = placement.copies();
         if settings.write_quorum == 0 || settings.write_quorum > copies {
             return Err(InvalidInput::new(
@@ -223,7 +237,9 @@ mod tests {
     use super::*;
 
     fn nodes(n: usize) -> Vec<NodeId> {
-        (1..=n).map(|i| format!("node{i}").parse().expect("valid")).collect()
+        (1..=n)
+            .map(|i| format!("node{i}").parse().expect("valid"))
+            .collect()
     }
 
     fn settings(strategy: StrategyKind, rf: usize, w: usize) -> ReplicationSettings {
@@ -262,15 +278,34 @@ mod tests {
     #[test]
     fn invalid_settings_name_the_field() {
         let cases = [
-            (settings(StrategyKind::Consistent, 4, 1), nodes(3), "replication_factor"),
-            (settings(StrategyKind::Consistent, 0, 1), nodes(3), "replication_factor"),
-            (settings(StrategyKind::Consistent, 2, 3), nodes(3), "write_quorum"),
+            (
+                settings(StrategyKind::Consistent, 4, 1),
+                nodes(3),
+                "replication_factor",
+            ),
+            (
+                settings(StrategyKind::Consistent, 0, 1),
+                nodes(3),
+                "replication_factor",
+            ),
+            (
+                settings(StrategyKind::Consistent, 2, 3),
+                nodes(3),
+                "write_quorum",
+            ),
             (settings(StrategyKind::Full, 1, 4), nodes(3), "write_quorum"),
             (settings(StrategyKind::Full, 1, 0), nodes(3), "write_quorum"),
             (settings(StrategyKind::Full, 1, 1), vec![], "nodes"),
-            (settings(StrategyKind::Full, 1, 1), [nodes(2), nodes(1)].concat(), "nodes"),
             (
-                ReplicationSettings { virtual_nodes: 0, ..settings(StrategyKind::Consistent, 2, 1) },
+                settings(StrategyKind::Full, 1, 1),
+                [nodes(2), nodes(1)].concat(),
+                "nodes",
+            ),
+            (
+                ReplicationSettings {
+                    virtual_nodes: 0,
+                    ..settings(StrategyKind::Consistent, 2, 1)
+                },
                 nodes(3),
                 "virtual_nodes",
             ),
@@ -290,6 +325,9 @@ mod tests {
         let full2 = Placement::new(settings(StrategyKind::Full, 2, 2), nodes(3)).expect("valid");
         assert!(a.same_layout(&b));
         assert!(!a.same_layout(&c));
-        assert!(full1.same_layout(&full2), "full ignores the replication factor");
+        assert!(
+            full1.same_layout(&full2),
+            "full ignores the replication factor"
+        );
     }
 }

@@ -50,7 +50,13 @@ impl DigestBuilder {
     }
 
     /// Adds one row; rows must come in key order.
-    pub fn push(&mut self, sensor: &SensorId, timestamp_ms: i64, version: Version, tombstone: bool) {
+    pub fn push(
+        &mut self,
+        sensor: &SensorId,
+        timestamp_ms: i64,
+        version: Version,
+        tombstone: bool,
+    ) {
         let bucket = self
             .bucket_ms
             .map(|size| timestamp_ms.div_euclid(size) * size);
@@ -99,7 +105,10 @@ mod tests {
     fn digest(rows: &[Row], bucket_ms: Option<i64>) -> Vec<RangeDigest> {
         let mut sorted = rows.to_vec();
         sorted.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        let mut builder = DigestBuilder::new(&DigestRequest { sensor: None, bucket_ms });
+        let mut builder = DigestBuilder::new(&DigestRequest {
+            sensor: None,
+            bucket_ms,
+        });
         for (sensor, ts, version, tombstone) in &sorted {
             let sensor: SensorId = sensor.parse().expect("valid sensor");
             builder.push(&sensor, *ts, Version(*version), *tombstone);
@@ -108,12 +117,12 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = Vec<Row>> {
-        proptest::collection::btree_map(
-            ("[ab]", 0i64..10_000),
-            (1u64..1_000, any::<bool>()),
-            0..60,
-        )
-        .prop_map(|m| m.into_iter().map(|((s, ts), (v, t))| (s, ts, v, t)).collect())
+        proptest::collection::btree_map(("[ab]", 0i64..10_000), (1u64..1_000, any::<bool>()), 0..60)
+            .prop_map(|m| {
+                m.into_iter()
+                    .map(|((s, ts), (v, t))| (s, ts, v, t))
+                    .collect()
+            })
     }
 
     proptest! {

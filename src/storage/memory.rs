@@ -77,7 +77,12 @@ impl StorageNode for MemoryNode {
         let mut builder = DigestBuilder::new(&request);
         for r in self.records().values() {
             if request.sensor.as_ref().is_none_or(|s| *s == r.key.sensor) {
-                builder.push(&r.key.sensor, r.key.timestamp_ms, r.version, r.is_tombstone());
+                builder.push(
+                    &r.key.sensor,
+                    r.key.timestamp_ms,
+                    r.version,
+                    r.is_tombstone(),
+                );
             }
         }
         Ok(builder.finish())

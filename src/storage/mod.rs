@@ -48,7 +48,9 @@ impl FromStr for NodeId {
     type Err = InvalidInput;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = s.parse::<SensorId>().map_err(|e| InvalidInput::new("node", e.reason))?;
+        let valid = s
+            .parse::<SensorId>()
+            .map_err(|e| InvalidInput::new("node", e.reason))?;
         Ok(Self(Arc::from(valid.as_str())))
     }
 }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, Row, Transaction, params};
 use serde::Deserialize;
 
 use super::digest::DigestBuilder;
-use super::worker::{WriteExecutor, Worker};
+use super::worker::{Worker, WriteExecutor};
 use super::{
     DigestRequest, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError, StorageNode,
     StorageResult,
@@ -99,7 +99,10 @@ impl ReadPool {
         tokio::task::spawn_blocking(move || {
             let connection = pool.take()?;
             let result = read(&connection);
-            pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(connection);
             result
         })
         .await
@@ -340,7 +343,8 @@ impl StorageNode for SqliteNode {
                 let mut stmt;
                 let mut rows = match &request.sensor {
                     Some(s) => {
-                        stmt = c.prepare(&format!("{base} WHERE sensor = ?1 ORDER BY sensor, ts"))?;
+                        stmt =
+                            c.prepare(&format!("{base} WHERE sensor = ?1 ORDER BY sensor, ts"))?;
                         stmt.query([s.as_str()])?
                     }
                     None => {

@@ -59,23 +59,69 @@ fn all() -> Scan {
 }
 
 async fn keeps_the_highest_version(node: &dyn StorageNode) {
-    assert_eq!(node.apply(vec![value("s", 1, 10, 1.0)]).await.expect("apply"), 1);
-    assert_eq!(node.apply(vec![value("s", 1, 5, 2.0)]).await.expect("apply"), 0);
-    assert_eq!(node.get(&key("s", 1)).await.expect("get"), Some(value("s", 1, 10, 1.0)));
-    assert_eq!(node.apply(vec![value("s", 1, 11, 3.0)]).await.expect("apply"), 1);
-    assert_eq!(node.get(&key("s", 1)).await.expect("get"), Some(value("s", 1, 11, 3.0)));
+    assert_eq!(
+        node.apply(vec![value("s", 1, 10, 1.0)])
+            .await
+            .expect("apply"),
+        1
+    );
+    assert_eq!(
+        node.apply(vec![value("s", 1, 5, 2.0)])
+            .await
+            .expect("apply"),
+        0
+    );
+    assert_eq!(
+        node.get(&key("s", 1)).await.expect("get"),
+        Some(value("s", 1, 10, 1.0))
+    );
+    assert_eq!(
+        node.apply(vec![value("s", 1, 11, 3.0)])
+            .await
+            .expect("apply"),
+        1
+    );
+    assert_eq!(
+        node.get(&key("s", 1)).await.expect("get"),
+        Some(value("s", 1, 11, 3.0))
+    );
     assert_eq!(node.get(&key("s", 2)).await.expect("get"), None);
 }
 
 async fn tombstones_are_never_resurrected_by_older_writes(node: &dyn StorageNode) {
-    node.apply(vec![value("s", 1, 10, 1.0), tombstone("s", 1, 20)]).await.expect("apply");
-    assert_eq!(node.apply(vec![value("s", 1, 15, 9.0)]).await.expect("apply"), 0);
-    let stored = node.get(&key("s", 1)).await.expect("get").expect("tombstone kept");
+    node.apply(vec![value("s", 1, 10, 1.0), tombstone("s", 1, 20)])
+        .await
+        .expect("apply");
+    assert_eq!(
+        node.apply(vec![value("s", 1, 15, 9.0)])
+            .await
+            .expect("apply"),
+        0
+    );
+    let stored = node
+        .get(&key("s", 1))
+        .await
+        .expect("get")
+        .expect("tombstone kept");
     assert!(stored.is_tombstone());
-    let live = node.scan(Scan { limit: 10, ..Scan::default() }).await.expect("scan");
+    let live = node
+        .scan(Scan {
+            limit: 10,
+            ..Scan::default()
+        })
+        .await
+        .expect("scan");
     assert!(live.is_empty(), "a tombstone is not a live record");
-    assert_eq!(node.apply(vec![value("s", 1, 30, 4.0)]).await.expect("apply"), 1);
-    assert_eq!(node.get(&key("s", 1)).await.expect("get"), Some(value("s", 1, 30, 4.0)));
+    assert_eq!(
+        node.apply(vec![value("s", 1, 30, 4.0)])
+            .await
+            .expect("apply"),
+        1
+    );
+    assert_eq!(
+        node.get(&key("s", 1)).await.expect("get"),
+        Some(value("s", 1, 30, 4.0))
+    );
 }
 
 async fn any_replay_order_converges(make: fn() -> Subject) {
@@ -97,7 +143,10 @@ async fn any_replay_order_converges(make: fn() -> Subject) {
         for chunk in shuffled.chunks(17) {
             node.apply(chunk.to_vec()).await.expect("apply");
         }
-        let digests = node.digests(DigestRequest::default()).await.expect("digests");
+        let digests = node
+            .digests(DigestRequest::default())
+            .await
+            .expect("digests");
         states.push((node.scan(all()).await.expect("scan"), digests));
     }
     assert!(states.windows(2).all(|w| w[0] == w[1]));
@@ -113,10 +162,24 @@ async fn scans_filter_page_and_order(node: &dyn StorageNode) {
     records.push(tombstone("a", 50, 2));
     node.apply(records).await.expect("apply");
 
-    let keys = |records: Vec<Record>| records.into_iter().map(|r| r.key.to_string()).collect::<Vec<_>>();
-    let everything = node.scan(Scan { limit: 100, ..Scan::default() }).await.expect("scan");
+    let keys = |records: Vec<Record>| {
+        records
+            .into_iter()
+            .map(|r| r.key.to_string())
+            .collect::<Vec<_>>()
+    };
+    let everything = node
+        .scan(Scan {
+            limit: 100,
+            ..Scan::default()
+        })
+        .await
+        .expect("scan");
     assert_eq!(everything.len(), 30);
-    assert!(everything.windows(2).all(|w| w[0].key < w[1].key), "key order");
+    assert!(
+        everything.windows(2).all(|w| w[0].key < w[1].key),
+        "key order"
+    );
 
     let a_range = node
         .scan(Scan {
@@ -131,13 +194,22 @@ async fn scans_filter_page_and_order(node: &dyn StorageNode) {
     assert_eq!(keys(a_range), ["a:200", "a:300", "a:400"]);
 
     let page = node
-        .scan(Scan { after: Some(key("a", 900)), limit: 3, ..Scan::default() })
+        .scan(Scan {
+            after: Some(key("a", 900)),
+            limit: 3,
+            ..Scan::default()
+        })
         .await
         .expect("scan");
     assert_eq!(keys(page), ["b:0", "b:100", "b:200"]);
 
     let with_tombstones = node
-        .scan(Scan { sensor: Some("a".parse().expect("sensor")), limit: 100, tombstones: true, ..Scan::default() })
+        .scan(Scan {
+            sensor: Some("a".parse().expect("sensor")),
+            limit: 100,
+            tombstones: true,
+            ..Scan::default()
+        })
         .await
         .expect("scan");
     assert_eq!(with_tombstones.len(), 11);
@@ -155,7 +227,10 @@ async fn digests_match_between_implementations(node: &dyn StorageNode) {
     reference.apply(records).await.expect("apply");
     for request in [
         DigestRequest::default(),
-        DigestRequest { sensor: Some("x".parse().expect("sensor")), bucket_ms: Some(60_000) },
+        DigestRequest {
+            sensor: Some("x".parse().expect("sensor")),
+            bucket_ms: Some(60_000),
+        },
     ] {
         let got = node.digests(request.clone()).await.expect("digests");
         assert!(!got.is_empty());
@@ -164,29 +239,54 @@ async fn digests_match_between_implementations(node: &dyn StorageNode) {
 }
 
 async fn removing_sensors_removes_everything_of_them(node: &dyn StorageNode) {
-    node.apply(vec![value("a", 1, 1, 1.0), tombstone("a", 2, 2), value("b", 1, 3, 1.0)])
-        .await
-        .expect("apply");
-    assert_eq!(node.remove_sensors(vec!["a".parse().expect("sensor")]).await.expect("remove"), 2);
+    node.apply(vec![
+        value("a", 1, 1, 1.0),
+        tombstone("a", 2, 2),
+        value("b", 1, 3, 1.0),
+    ])
+    .await
+    .expect("apply");
+    assert_eq!(
+        node.remove_sensors(vec!["a".parse().expect("sensor")])
+            .await
+            .expect("remove"),
+        2
+    );
     assert_eq!(node.get(&key("a", 2)).await.expect("get"), None);
-    assert_eq!(node.scan(all()).await.expect("scan"), vec![value("b", 1, 3, 1.0)]);
+    assert_eq!(
+        node.scan(all()).await.expect("scan"),
+        vec![value("b", 1, 3, 1.0)]
+    );
 }
 
 async fn stats_count_live_keys_tombstones_and_versions(node: &dyn StorageNode) {
     assert_eq!(node.stats().await.expect("stats"), NodeStats::default());
-    node.apply(vec![value("a", 1, 7, 1.0), tombstone("a", 2, 9), value("b", 1, 3, 1.0)])
-        .await
-        .expect("apply");
+    node.apply(vec![
+        value("a", 1, 7, 1.0),
+        tombstone("a", 2, 9),
+        value("b", 1, 3, 1.0),
+    ])
+    .await
+    .expect("apply");
     let stats = node.stats().await.expect("stats");
-    assert_eq!((stats.live_keys, stats.tombstones, stats.max_version), (2, 1, Version(9)));
+    assert_eq!(
+        (stats.live_keys, stats.tombstones, stats.max_version),
+        (2, 1, Version(9))
+    );
 }
 
 async fn concurrent_writers_all_land(node: &dyn StorageNode) {
     let writes = (0..64).map(|w| {
-        let batch: Vec<Record> = (0..100).map(|i| value("c", w * 1_000 + i, 1, i as f64)).collect();
+        let batch: Vec<Record> = (0..100)
+            .map(|i| value("c", w * 1_000 + i, 1, i as f64))
+            .collect();
         node.apply(batch)
     });
-    let changed: u64 = futures::future::try_join_all(writes).await.expect("apply").iter().sum();
+    let changed: u64 = futures::future::try_join_all(writes)
+        .await
+        .expect("apply")
+        .iter()
+        .sum();
     assert_eq!(changed, 6_400);
     assert_eq!(node.stats().await.expect("stats").live_keys, 6_400);
 }
@@ -239,10 +339,18 @@ storage_suite!(sqlite_node, sqlite);
 async fn sqlite_data_survives_reopening() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = SqliteNode::open(node_id(), dir.path(), Synchronous::Full).expect("open");
-    node.apply(vec![value("s", 1, 4, 2.5), tombstone("s", 2, 5)]).await.expect("apply");
+    node.apply(vec![value("s", 1, 4, 2.5), tombstone("s", 2, 5)])
+        .await
+        .expect("apply");
     node.close().await.expect("close");
-    assert!(matches!(node.apply(vec![value("s", 3, 6, 1.0)]).await, Err(StorageError::Closed)));
+    assert!(matches!(
+        node.apply(vec![value("s", 3, 6, 1.0)]).await,
+        Err(StorageError::Closed)
+    ));
 
     let reopened = SqliteNode::open(node_id(), dir.path(), Synchronous::Full).expect("reopen");
-    assert_eq!(reopened.scan(all()).await.expect("scan"), vec![value("s", 1, 4, 2.5), tombstone("s", 2, 5)]);
+    assert_eq!(
+        reopened.scan(all()).await.expect("scan"),
+        vec![value("s", 1, 4, 2.5), tombstone("s", 2, 5)]
+    );
 }

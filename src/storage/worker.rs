@@ -86,7 +86,11 @@ impl<E: WriteExecutor> Worker<E> {
     }
 }
 
-fn run<E: WriteExecutor>(mut connection: Connection, mut executor: E, receiver: mpsc::Receiver<Job<E>>) {
+fn run<E: WriteExecutor>(
+    mut connection: Connection,
+    mut executor: E,
+    receiver: mpsc::Receiver<Job<E>>,
+) {
     while let Ok(first) = receiver.recv() {
         let mut weight = E::weight(&first.op);
         let mut jobs = vec![first];
@@ -103,7 +107,10 @@ fn run<E: WriteExecutor>(mut connection: Connection, mut executor: E, receiver: 
             Ok(outs) => outs.into_iter().map(Ok).collect(),
             Err(_) if jobs.len() > 1 => jobs
                 .iter()
-                .map(|job| execute_together(&mut connection, &mut executor, std::slice::from_ref(job)).map(|mut o| o.remove(0)))
+                .map(|job| {
+                    execute_together(&mut connection, &mut executor, std::slice::from_ref(job))
+                        .map(|mut o| o.remove(0))
+                })
                 .collect(),
             Err(e) => vec![Err(e)],
         };

@@ -15,10 +15,16 @@ use energyguard::storage::{NodeId, StorageNode};
 use tempfile::TempDir;
 
 pub fn node_ids(n: usize) -> Vec<NodeId> {
-    (1..=n).map(|i| format!("node{i}").parse().expect("valid node id")).collect()
+    (1..=n)
+        .map(|i| format!("node{i}").parse().expect("valid node id"))
+        .collect()
 }
 
-pub fn settings(strategy: StrategyKind, replication_factor: usize, write_quorum: usize) -> ReplicationSettings {
+pub fn settings(
+    strategy: StrategyKind,
+    replication_factor: usize,
+    write_quorum: usize,
+) -> ReplicationSettings {
     ReplicationSettings {
         strategy,
         replication_factor,
@@ -53,7 +59,10 @@ pub async fn memory_cluster(n: usize, settings: ReplicationSettings) -> MemoryCl
     let dir = tempfile::tempdir().expect("temp dir");
     let created: Arc<Mutex<BTreeMap<NodeId, Arc<MemoryNode>>>> = Arc::default();
     let meta = MetaStore::open(dir.path(), Synchronous::Normal).expect("meta store");
-    let spec = PlacementSpec { settings, nodes: node_ids(n) };
+    let spec = PlacementSpec {
+        settings,
+        nodes: node_ids(n),
+    };
     let sink = created.clone();
     let replicator = Replicator::open(meta, spec, move |id| {
         let node = Arc::new(MemoryNode::new(id.clone()));
@@ -63,13 +72,28 @@ pub async fn memory_cluster(n: usize, settings: ReplicationSettings) -> MemoryCl
     .await
     .expect("open replicator");
     let nodes = created.lock().expect("lock").clone();
-    MemoryCluster { replicator, nodes, dir }
+    MemoryCluster {
+        replicator,
+        nodes,
+        dir,
+    }
 }
 
-pub async fn sqlite_cluster(dir: &std::path::Path, n: usize, settings: ReplicationSettings) -> Arc<Replicator> {
-    Replicator::open_sqlite(dir, PlacementSpec { settings, nodes: node_ids(n) }, Synchronous::Normal)
-        .await
-        .expect("open replicator")
+pub async fn sqlite_cluster(
+    dir: &std::path::Path,
+    n: usize,
+    settings: ReplicationSettings,
+) -> Arc<Replicator> {
+    Replicator::open_sqlite(
+        dir,
+        PlacementSpec {
+            settings,
+            nodes: node_ids(n),
+        },
+        Synchronous::Normal,
+    )
+    .await
+    .expect("open replicator")
 }
 
 /// Polls `condition` until it holds, failing after `timeout`.
@@ -80,7 +104,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
