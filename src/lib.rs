@@ -1,17 +1,30 @@
 //! EnergyGuard: durable, replicated storage and alerting for energy readings.
 //!
-//! Data flow (see README.md for the picture):
+//! Data flow (README.md has the picture):
 //!
 //! * [`reading`] parses untrusted input into validated readings: the one
 //!   parser every door uses.
+//! * [`ingest`]: the one path from a reading to stored and alerted.
 //! * [`replication`] places each reading on its replicas (`full` or
 //!   `consistent` hashing), writes to a quorum, keeps hints for nodes that are
 //!   down, repairs recovered nodes and rebalances when the placement changes.
 //! * [`storage`] holds versioned records on nodes (SQLite files; in memory
 //!   for tests), knowing nothing of replication.
-//! * [`version`] issues the write versions that make replicas converge.
+//! * [`alerts`] turns readings into alert episodes (a pure state machine)
+//!   and keeps thresholds and alert history durable.
+//! * [`http`] serves the REST API; [`server`] wires everything together
+//!   from a [`config::Config`]; [`cli`] is the command-line client.
+//! * [`version`] issues the write versions that make replicas converge;
+//!   [`history`] aggregates a sensor's history into buckets.
 
+pub mod alerts;
+pub mod cli;
+pub mod config;
+pub mod history;
+pub mod http;
+pub mod ingest;
 pub mod reading;
 pub mod replication;
+pub mod server;
 pub mod storage;
 pub mod version;

@@ -1,0 +1,347 @@
+//! The alert state machine (SPEC §5). Pure: a threshold, a sensor's alert
+//! state and a reading in; the new state and what changed out. No I/O and no
+//! clock: time comes with the reading.
+//!
+//! One *episode* per excursion, never one alert per reading: a reading above
+//! `max` (or below `min`) opens an episode, which stays `firing` while
+//! readings stay out of range, counts them and tracks the peak, and resolves
+//! when a reading comes back inside by more than the hysteresis. Readings are
+//! evaluated in timestamp order per sensor; a reading older than the newest
+//! one seen is stored but cannot change the alert state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::reading::{SensorId, format_timestamp};
+
+/// The limits for one sensor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Threshold {
+    pub sensor_id: SensorId,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub hysteresis: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    Above,
+    Below,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// One episode, in the shape of SPEC §5.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    pub id: String,
+    pub sensor_id: SensorId,
+    pub kind: AlertKind,
+    pub threshold: f64,
+    /// The reading that opened the episode.
+    pub value: f64,
+    /// The most extreme reading of the episode.
+    pub peak: f64,
+    /// Out-of-range readings seen.
+    pub readings: u64,
+    pub state: AlertState,
+    #[serde(serialize_with = "as_timestamp")]
+    pub started_at: i64,
+    #[serde(serialize_with = "as_optional_timestamp")]
+    pub resolved_at: Option<i64>,
+}
+
+fn as_timestamp<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_timestamp(*ms))
+}
+
+fn as_optional_timestamp<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&format_timestamp(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+/// What the engine remembers per sensor.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SensorAlerts {
+    /// Timestamp of the newest reading evaluated.
+    pub last_ms: Option<i64>,
+    /// The open episode, if any (at most one: a value cannot be both above
+    /// `max` and below `min`).
+    pub open: Option<Alert>,
+}
+
+/// How an episode changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Fired,
+    /// Still firing; peak or reading count changed.
+    Updated,
+    Resolved,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub transition: Transition,
+    pub alert: Alert,
+}
+
+/// Evaluates one reading; answers the episodes it changed, in order.
+pub fn evaluate(
+    threshold: &Threshold,
+    state: &mut SensorAlerts,
+    timestamp_ms: i64,
+    value: f64,
+) -> Vec<Change> {
+    if state.last_ms.is_some_and(|last| timestamp_ms < last) {
+        return Vec::new();
+    }
+    state.last_ms = Some(timestamp_ms);
+    let mut changes = Vec::new();
+    if let Some(mut alert) = state.open.take() {
+        let limit = match alert.kind {
+            AlertKind::Above => threshold.max,
+            AlertKind::Below => threshold.min,
+        };
+        match limit {
+            Some(limit) if out_of_range(alert.kind, limit, value) => {
+                alert.readings += 1;
+                alert.peak = extreme(alert.kind, alert.peak, value);
+                alert.threshold = limit;
+                changes.push(Change {
+                    transition: Transition::Updated,
+                    alert: alert.clone(),
+                });
+                state.open = Some(alert);
+                return changes;
+            }
+            Some(limit) if !back_inside(alert.kind, limit, threshold.hysteresis, value) => {
+                state.open = Some(alert);
+                return changes;
+            }
+            _ => {
+                changes.push(Change {
+                    transition: Transition::Resolved,
+                    alert: resolve(alert, timestamp_ms),
+                });
+            }
+        }
+    }
+    let opened = [
+        (AlertKind::Above, threshold.max),
+        (AlertKind::Below, threshold.min),
+    ]
+    .into_iter()
+    .find_map(|(kind, limit)| {
+        limit
+            .filter(|l| out_of_range(kind, *l, value))
+            .map(|l| (kind, l))
+    });
+    if let Some((kind, limit)) = opened {
+        let alert = Alert {
+            id: format!(
+                "{}:{}:{}",
+                threshold.sensor_id,
+                kind_name(kind),
+                timestamp_ms
+            ),
+            sensor_id: threshold.sensor_id.clone(),
+            kind,
+            threshold: limit,
+            value,
+            peak: value,
+            readings: 1,
+            state: AlertState::Firing,
+            started_at: timestamp_ms,
+            resolved_at: None,
+        };
+        changes.push(Change {
+            transition: Transition::Fired,
+            alert: alert.clone(),
+        });
+        state.open = Some(alert);
+    }
+    changes
+}
+
+/// Closes an episode at `at_ms` (a reading back in range, or its threshold removed).
+pub fn resolve(mut alert: Alert, at_ms: i64) -> Alert {
+    alert.state = AlertState::Resolved;
+    alert.resolved_at = Some(at_ms.max(alert.started_at));
+    alert
+}
+
+pub fn kind_name(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::Above => "above",
+        AlertKind::Below => "below",
+    }
+}
+
+fn out_of_range(kind: AlertKind, limit: f64, value: f64) -> bool {
+    match kind {
+        AlertKind::Above => value > limit,
+        AlertKind::Below => value < limit,
+    }
+}
+
+fn back_inside(kind: AlertKind, limit: f64, hysteresis: f64, value: f64) -> bool {
+    match kind {
+        AlertKind::Above => value < limit - hysteresis,
+        AlertKind::Below => value > limit + hysteresis,
+    }
+}
+
+fn extreme(kind: AlertKind, a: f64, b: f64) -> f64 {
+    match kind {
+        AlertKind::Above => a.max(b),
+        AlertKind::Below => a.min(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threshold(max: Option<f64>, min: Option<f64>, hysteresis: f64) -> Threshold {
+        Threshold {
+            sensor_id: "s".parse().expect("valid"),
+            max,
+            min,
+            hysteresis,
+        }
+    }
+
+    /// Feeds (timestamp, value) pairs; answers the transitions in order.
+    fn run(t: &Threshold, readings: &[(i64, f64)]) -> (Vec<Transition>, SensorAlerts, Vec<Change>) {
+        let mut state = SensorAlerts::default();
+        let mut all = Vec::new();
+        for (ts, v) in readings {
+            all.extend(evaluate(t, &mut state, *ts, *v));
+        }
+        let transitions = all
+            .iter()
+            .map(|c| c.transition)
+            .filter(|t| *t != Transition::Updated)
+            .collect();
+        (transitions, state, all)
+    }
+
+    use Transition::{Fired, Resolved};
+
+    #[test]
+    fn table() {
+        let cases: Vec<(&str, Threshold, Vec<(i64, f64)>, Vec<Transition>)> = vec![
+            (
+                "inside never fires",
+                threshold(Some(70.0), None, 0.0),
+                vec![(1, 60.0), (2, 70.0)],
+                vec![],
+            ),
+            (
+                "above fires once per episode",
+                threshold(Some(70.0), None, 0.0),
+                vec![(1, 75.0), (2, 80.0), (3, 90.0)],
+                vec![Fired],
+            ),
+            (
+                "back inside resolves",
+                threshold(Some(70.0), None, 0.0),
+                vec![(1, 75.0), (2, 60.0)],
+                vec![Fired, Resolved],
+            ),
+            (
+                "two excursions are two episodes",
+                threshold(Some(70.0), None, 0.0),
+                vec![(1, 75.0), (2, 60.0), (3, 75.0)],
+                vec![Fired, Resolved, Fired],
+            ),
+            (
+                "below min fires",
+                threshold(None, Some(10.0), 0.0),
+                vec![(1, 5.0), (2, 11.0)],
+                vec![Fired, Resolved],
+            ),
+            (
+                "hysteresis band holds",
+                threshold(Some(70.0), None, 1.0),
+                vec![(1, 75.0), (2, 69.5), (3, 69.0)],
+                vec![Fired],
+            ),
+            (
+                "out of the band resolves",
+                threshold(Some(70.0), None, 1.0),
+                vec![(1, 75.0), (2, 68.9)],
+                vec![Fired, Resolved],
+            ),
+            (
+                "late reading changes nothing",
+                threshold(Some(70.0), None, 0.0),
+                vec![(10, 75.0), (5, 20.0)],
+                vec![Fired],
+            ),
+            (
+                "late reading cannot fire",
+                threshold(Some(70.0), None, 0.0),
+                vec![(10, 20.0), (5, 99.0)],
+                vec![],
+            ),
+            (
+                "above then straight below",
+                threshold(Some(70.0), Some(10.0), 0.0),
+                vec![(1, 75.0), (2, 5.0)],
+                vec![Fired, Resolved, Fired],
+            ),
+        ];
+        for (name, t, readings, expected) in cases {
+            assert_eq!(run(&t, &readings).0, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_spec_example() {
+        // max 70, hysteresis 1: 75, 80, 69.5, 68.5 → one episode firing at
+        // 75, still firing at 69.5, resolved at 68.5, peak 80, 2 readings.
+        let (transitions, state, changes) = run(
+            &threshold(Some(70.0), None, 1.0),
+            &[(1_000, 75.0), (2_000, 80.0), (3_000, 69.5), (4_000, 68.5)],
+        );
+        assert_eq!(transitions, vec![Fired, Resolved]);
+        assert_eq!(state.open, None);
+        let resolved = &changes.last().expect("changes").alert;
+        assert_eq!(
+            (resolved.value, resolved.peak, resolved.readings),
+            (75.0, 80.0, 2)
+        );
+        assert_eq!(
+            (resolved.started_at, resolved.resolved_at),
+            (1_000, Some(4_000))
+        );
+        assert_eq!(resolved.state, AlertState::Resolved);
+    }
+
+    #[test]
+    fn a_threshold_changed_mid_episode_applies_to_the_next_reading() {
+        let mut state = SensorAlerts::default();
+        evaluate(&threshold(Some(70.0), None, 0.0), &mut state, 1, 75.0);
+        let changes = evaluate(&threshold(Some(80.0), None, 0.0), &mut state, 2, 75.0);
+        assert_eq!(
+            changes.iter().map(|c| c.transition).collect::<Vec<_>>(),
+            vec![Resolved]
+        );
+        let mut state = SensorAlerts::default();
+        evaluate(&threshold(Some(70.0), None, 0.0), &mut state, 1, 75.0);
+        let changes = evaluate(&threshold(None, Some(0.0), 0.0), &mut state, 2, 75.0);
+        assert_eq!(
+            changes.iter().map(|c| c.transition).collect::<Vec<_>>(),
+            vec![Resolved],
+            "max removed"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Threshold alerts: the pure [`engine`], and [`AlertService`], which keeps
+//! thresholds, open episodes and alert history durable in
+//! `<data_dir>/alerts.sqlite3` (apart from every storage node, so alerting
+//! does not depend on any one node being up). A restart reloads open
+//! episodes, so an alert that was firing stays open and is not fired again.
+//!
+//! Knows nothing of HTTP or MQTT: callers get the [`engine::Change`]s and
+//! publish them where they like.
+
+pub mod engine;
+mod store;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use engine::{Alert, AlertState, Change, SensorAlerts, Threshold, Transition};
+use store::AlertStore;
+
+use crate::reading::{Reading, SensorId};
+use crate::storage::StorageResult;
+use crate::storage::sqlite::Synchronous;
+
+/// Filters of `GET /alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertQuery {
+    pub sensor_id: Option<SensorId>,
+    pub state: Option<AlertState>,
+    /// Alerts still firing, or resolved at or after this time (epoch ms).
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
+struct Inner {
+    thresholds: HashMap<SensorId, Threshold>,
+    sensors: HashMap<SensorId, SensorAlerts>,
+}
+
+pub struct AlertService {
+    store: AlertStore,
+    /// A `tokio::sync::Mutex` because it is held across the store's commit:
+    /// evaluating a batch and persisting its changes is one step, so two
+    /// concurrent batches for one sensor can never open two episodes or
+    /// persist their changes out of order.
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+impl AlertService {
+    pub async fn open(data_dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
+        let store = AlertStore::open(data_dir, synchronous)?;
+        let thresholds = store
+            .thresholds()
+            .await?
+            .into_iter()
+            .map(|t| (t.sensor_id.clone(), t))
+            .collect();
+        let mut sensors: HashMap<SensorId, SensorAlerts> = HashMap::new();
+        for (sensor, last_ms) in store.progress().await? {
+            sensors.entry(sensor).or_default().last_ms = Some(last_ms);
+        }
+        for alert in store.firing().await? {
+            let sensor = alert.sensor_id.clone();
+            sensors.entry(sensor).or_default().open = Some(alert);
+        }
+        Ok(Self {
+            store,
+            inner: tokio::sync::Mutex::new(Inner {
+                thresholds,
+                sensors,
+            }),
+        })
+    }
+
+    pub async fn set_threshold(&self, threshold: Threshold) -> StorageResult<Threshold> {
+        let mut inner = self.inner.lock().await;
+        self.store.put_threshold(threshold.clone()).await?;
+        inner
+            .thresholds
+            .insert(threshold.sensor_id.clone(), threshold.clone());
+        Ok(threshold)
+    }
+
+    /// Removes a sensor's threshold and resolves its open episode at `now_ms`.
+    /// Answers `None` if the sensor had no threshold.
+    pub async fn remove_threshold(
+        &self,
+        sensor: &SensorId,
+        now_ms: i64,
+    ) -> StorageResult<Option<Vec<Change>>> {
+        let mut inner = self.inner.lock().await;
+        if !inner.thresholds.contains_key(sensor) {
+            return Ok(None);
+        }
+        let changes: Vec<Change> = inner
+            .sensors
+            .get_mut(sensor)
+            .and_then(|s| s.open.take())
+            .map(|open| Change {
+                transition: Transition::Resolved,
+                alert: engine::resolve(open, now_ms),
+            })
+            .into_iter()
+            .collect();
+        self.store
+            .remove_threshold(sensor.clone(), alerts_of(&changes))
+            .await?;
+        inner.thresholds.remove(sensor);
+        Ok(Some(changes))
+    }
+
+    pub async fn thresholds(&self) -> Vec<Threshold> {
+        let mut all: Vec<Threshold> = self
+            .inner
+            .lock()
+            .await
+            .thresholds
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
+        all
+    }
+
+    /// Evaluates stored readings, in timestamp order per sensor, and persists
+    /// what changed. Answers the changes (fired, updated, resolved).
+    pub async fn observe(&self, readings: &[Reading]) -> StorageResult<Vec<Change>> {
+        let mut inner = self.inner.lock().await;
+        if inner.thresholds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut relevant: Vec<&Reading> = readings
+            .iter()
+            .filter(|r| inner.thresholds.contains_key(&r.key.sensor))
+            .collect();
+        if relevant.is_empty() {
+            return Ok(Vec::new());
+        }
+        relevant.sort_by(|a, b| a.key.cmp(&b.key));
+        let Inner {
+            thresholds,
+            sensors,
+        } = &mut *inner;
+        let mut changes = Vec::new();
+        let mut progress: HashMap<SensorId, i64> = HashMap::new();
+        for reading in relevant {
+            let threshold = &thresholds[&reading.key.sensor];
+            let state = sensors.entry(reading.key.sensor.clone()).or_default();
+            changes.extend(engine::evaluate(
+                threshold,
+                state,
+                reading.key.timestamp_ms,
+                reading.sample.value,
+            ));
+            if let Some(last) = state.last_ms {
+                progress.insert(reading.key.sensor.clone(), last);
+            }
+        }
+        self.store
+            .record(alerts_of(&changes), progress.into_iter().collect())
+            .await?;
+        Ok(changes)
+    }
+
+    pub async fn alerts(&self, query: AlertQuery) -> StorageResult<Vec<Alert>> {
+        self.store.alerts(query).await
+    }
+
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}
+
+/// The final snapshot of each alert a list of changes touched.
+fn alerts_of(changes: &[Change]) -> Vec<Alert> {
+    let mut latest: Vec<Alert> = Vec::new();
+    for change in changes {
+        match latest.iter_mut().find(|a| a.id == change.alert.id) {
+            Some(slot) => *slot = change.alert.clone(),
+            None => latest.push(change.alert.clone()),
+        }
+    }
+    latest
+}

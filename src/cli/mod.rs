@@ -1,0 +1,451 @@
+//! The command line (SPEC §7): `serve`, and client commands that talk to a
+//! running service over its REST API. Tables for people, `--json` for
+//! scripts; any failure exits non-zero with the server's message on stderr.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "energyguard",
+    version,
+    about = "Durable, replicated storage and alerting for energy readings"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default when no command is given).
+    Serve {
+        /// A TOML file layered over config/default.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Store one reading.
+    Put {
+        sensor_id: String,
+        value: f64,
+        /// RFC 3339 time or epoch seconds (default: now).
+        #[arg(long)]
+        timestamp: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one measurement by key (`<sensor_id>:<epoch ms>`).
+    Get {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change the value of an existing measurement.
+    Update {
+        key: String,
+        value: f64,
+        #[arg(long)]
+        unit: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a measurement.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List measurements in key order.
+    List {
+        #[arg(long)]
+        sensor_id: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Show the page after this key.
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A sensor's history, raw or in buckets.
+    History {
+        sensor_id: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Bucket width: 1m, 15m, 1h, 1d.
+        #[arg(long)]
+        every: Option<String>,
+        /// mean, min, max, sum, count, last or energy.
+        #[arg(long)]
+        agg: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set a sensor's alert threshold.
+    Threshold {
+        sensor_id: String,
+        #[arg(long)]
+        max: Option<f64>,
+        #[arg(long)]
+        min: Option<f64>,
+        #[arg(long)]
+        hysteresis: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List alerts, newest first.
+    Alerts {
+        #[arg(long)]
+        sensor_id: Option<String>,
+        /// firing or resolved.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the replication configuration, or change it.
+    Replication {
+        strategy: Option<Strategy>,
+        #[arg(long)]
+        replication_factor: Option<usize>,
+        #[arg(long)]
+        virtual_nodes: Option<u32>,
+        #[arg(long)]
+        write_quorum: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the storage nodes.
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take a node out of service (fault injection).
+    Fail {
+        node: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Bring a node back: replay hints, repair from peers.
+    Recover {
+        node: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show which nodes hold a key.
+    Replicas {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Strategy {
+    Full,
+    Consistent,
+}
+
+/// How to reach the service.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of the service.
+    #[arg(long, env = "ENERGYGUARD_URL", default_value = "http://127.0.0.1:5000")]
+    pub url: String,
+    /// API token (default: ./data/admin.token when it exists).
+    #[arg(long, env = "ENERGYGUARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A request the client will send.
+struct Call {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+}
+
+impl Call {
+    fn new(method: Method, path: String) -> Self {
+        Self {
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn query(mut self, name: &'static str, value: Option<impl ToString>) -> Self {
+        if let Some(v) = value {
+            self.query.push((name, v.to_string()));
+        }
+        self
+    }
+
+    fn body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// Percent-encodes a path segment (keys and ids are validated by the
+/// server; this only keeps the URL well-formed).
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs a client command; answers the process exit code.
+pub async fn run_client(command: Command) -> ExitCode {
+    let (call, client) = match build(command) {
+        Some(built) => built,
+        None => return ExitCode::from(2),
+    };
+    match send(&call, &client).await {
+        Ok(value) => {
+            if client.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                println!("{}", output::render(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build(command: Command) -> Option<(Call, ClientArgs)> {
+    use Method as M;
+    Some(match command {
+        Command::Serve { .. } => return None,
+        Command::Put {
+            sensor_id,
+            value,
+            timestamp,
+            unit,
+            client,
+        } => {
+            let mut body = json!({"sensor_id": sensor_id, "value": value});
+            if let Some(ts) = timestamp {
+                body["timestamp"] = ts
+                    .parse::<f64>()
+                    .map(Value::from)
+                    .unwrap_or(Value::String(ts));
+            }
+            if let Some(unit) = unit {
+                body["unit"] = Value::String(unit);
+            }
+            (Call::new(M::POST, "/ingest".into()).body(body), client)
+        }
+        Command::Get { key, client } => (
+            Call::new(M::GET, format!("/measurement/{}", segment(&key))),
+            client,
+        ),
+        Command::Update {
+            key,
+            value,
+            unit,
+            client,
+        } => {
+            let mut body = json!({"value": value});
+            if let Some(unit) = unit {
+                body["unit"] = Value::String(unit);
+            }
+            (
+                Call::new(M::PUT, format!("/measurement/{}", segment(&key))).body(body),
+                client,
+            )
+        }
+        Command::Delete { key, client } => (
+            Call::new(M::DELETE, format!("/delete/{}", segment(&key))),
+            client,
+        ),
+        Command::List {
+            sensor_id,
+            from,
+            to,
+            limit,
+            after,
+            client,
+        } => (
+            Call::new(M::GET, "/measurements".into())
+                .query("sensor_id", sensor_id)
+                .query("from", from)
+                .query("to", to)
+                .query("limit", limit)
+                .query("after", after),
+            client,
+        ),
+        Command::History {
+            sensor_id,
+            from,
+            to,
+            every,
+            agg,
+            limit,
+            client,
+        } => (
+            Call::new(M::GET, format!("/sensor/{}/history", segment(&sensor_id)))
+                .query("from", from)
+                .query("to", to)
+                .query("every", every)
+                .query("agg", agg)
+                .query("limit", limit),
+            client,
+        ),
+        Command::Threshold {
+            sensor_id,
+            max,
+            min,
+            hysteresis,
+            client,
+        } => {
+            let mut body = json!({"sensor_id": sensor_id});
+            for (name, value) in [("max", max), ("min", min), ("hysteresis", hysteresis)] {
+                if let Some(v) = value {
+                    body[name] = json!(v);
+                }
+            }
+            (
+                Call::new(M::POST, "/set_threshold".into()).body(body),
+                client,
+            )
+        }
+        Command::Alerts {
+            sensor_id,
+            state,
+            since,
+            limit,
+            client,
+        } => (
+            Call::new(M::GET, "/alerts".into())
+                .query("sensor_id", sensor_id)
+                .query("state", state)
+                .query("since", since)
+                .query("limit", limit),
+            client,
+        ),
+        Command::Replication {
+            strategy: None,
+            client,
+            ..
+        } => (Call::new(M::GET, "/replication".into()), client),
+        Command::Replication {
+            strategy: Some(strategy),
+            replication_factor,
+            virtual_nodes,
+            write_quorum,
+            client,
+        } => {
+            let name = match strategy {
+                Strategy::Full => "full",
+                Strategy::Consistent => "consistent",
+            };
+            let mut body = json!({"strategy": name});
+            if let Some(rf) = replication_factor {
+                body["replication_factor"] = json!(rf);
+            }
+            if let Some(v) = virtual_nodes {
+                body["virtual_nodes"] = json!(v);
+            }
+            if let Some(w) = write_quorum {
+                body["write_quorum"] = json!(w);
+            }
+            (
+                Call::new(M::POST, "/configure_replication".into()).body(body),
+                client,
+            )
+        }
+        Command::Nodes { client } => (Call::new(M::GET, "/nodes_status".into()), client),
+        Command::Fail { node, client } => (
+            Call::new(M::POST, format!("/fail_node/{}", segment(&node))),
+            client,
+        ),
+        Command::Recover { node, client } => (
+            Call::new(M::POST, format!("/recover_node/{}", segment(&node))),
+            client,
+        ),
+        Command::Replicas { key, client } => (
+            Call::new(M::GET, format!("/replica_nodes/{}", segment(&key))),
+            client,
+        ),
+    })
+}
+
+fn token(client: &ClientArgs) -> Option<String> {
+    client.token.clone().or_else(|| {
+        std::fs::read_to_string("data/admin.token")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    })
+}
+
+async fn send(call: &Call, client: &ClientArgs) -> Result<Value, String> {
+    let url = format!("{}{}", client.url.trim_end_matches('/'), call.path);
+    let http = reqwest::Client::new();
+    let mut request = http.request(call.method.clone(), &url).query(&call.query);
+    if let Some(token) = token(client) {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = &call.body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("reading the answer from {url}: {e}"))?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(server_message(status, &value))
+    }
+}
+
+fn server_message(status: StatusCode, body: &Value) -> String {
+    match body.get("error").and_then(Value::as_str) {
+        Some(error) => format!("{error} ({status})"),
+        None => format!("{status}: {body}"),
+    }
+}

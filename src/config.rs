@@ -1,0 +1,410 @@
+//! Configuration (SPEC §6): typed, layered with figment, validated at start.
+//!
+//! Layers, later wins: built-in defaults, `config/default.toml` if present,
+//! the file given with `--config`, then `ENERGYGUARD_*` environment variables
+//! with `__` for nesting (`ENERGYGUARD_HTTP__LISTEN=127.0.0.1:8080`). Unknown
+//! keys are errors, so a typo fails at start instead of being ignored. Only
+//! the composition root reads a [`Config`]; the library takes typed values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::replication::{Placement, ReplicationSettings, StrategyKind};
+use crate::storage::NodeId;
+use crate::storage::sqlite::Synchronous;
+
+/// Environment variables that share the prefix but are not config keys.
+const NOT_CONFIG_KEYS: [&str; 3] = ["api_token", "url", "token"];
+/// The variable that adds one admin token (SPEC §3).
+pub const API_TOKEN_ENV: &str = "ENERGYGUARD_API_TOKEN";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where node databases, cluster state and the generated token live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub replication: ReplicationConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub embedded: bool,
+    pub listen: SocketAddr,
+    /// The broker to consume from; defaults to `listen` when embedded.
+    #[serde(deserialize_with = "optional_text")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub topic_prefix: String,
+    #[serde(deserialize_with = "text")]
+    pub client_id: String,
+    #[serde(deserialize_with = "text")]
+    pub share_group: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub strategy: StrategyKind,
+    pub nodes: Vec<NodeId>,
+    pub replication_factor: usize,
+    pub virtual_nodes: u32,
+    pub write_quorum: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `full` (default): a commit survives power loss. `normal`: it survives
+    /// a crash of the process (kill -9) but not of the machine.
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    #[serde(deserialize_with = "text")]
+    pub token: String,
+    pub role: Role,
+}
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
+            replication: ReplicationConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            url: None,
+            topic_prefix: "energyguard".into(),
+            client_id: "energyguard".into(),
+            share_group: String::new(),
+        }
+    }
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        let defaults = ReplicationSettings::default();
+        Self {
+            strategy: defaults.strategy,
+            nodes: ["node1", "node2", "node3"]
+                .iter()
+                .map(|n| {
+                    n.parse()
+                        .unwrap_or_else(|_| unreachable!("valid literal node id"))
+                })
+                .collect(),
+            replication_factor: defaults.replication_factor,
+            virtual_nodes: defaults.virtual_nodes,
+            write_quorum: defaults.write_quorum,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn settings(&self) -> ReplicationSettings {
+        ReplicationSettings {
+            strategy: self.strategy,
+            replication_factor: self.replication_factor,
+            virtual_nodes: self.virtual_nodes,
+            write_quorum: self.write_quorum,
+        }
+    }
+}
+
+/// A configuration that could not be loaded, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layers of SPEC §6 from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed("ENERGYGUARD_"))
+    }
+
+    /// Loads with a given environment provider (tests pass their own).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let shipped = Path::new("config/default.toml");
+        if shipped.is_file() {
+            figment = figment.merge(Toml::file_exact(shipped));
+        }
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::invalid(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(env.ignore(&NOT_CONFIG_KEYS).split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Placement::new(self.replication.settings(), self.replication.nodes.clone())
+            .map_err(|e| ConfigError::invalid(&format!("replication.{}", e.field), e.reason))?;
+        if self.http.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let prefix = &self.mqtt.topic_prefix;
+        if prefix.is_empty()
+            || prefix.contains(['+', '#'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            return Err(ConfigError::invalid(
+                "mqtt.topic_prefix",
+                "must be non-empty, without wildcards (+, #) or leading/trailing '/'",
+            ));
+        }
+        if self.mqtt.client_id.is_empty() {
+            return Err(ConfigError::invalid("mqtt.client_id", "must not be empty"));
+        }
+        if !self.mqtt.embedded && self.mqtt.url.is_none() {
+            return Err(ConfigError::invalid(
+                "mqtt.url",
+                "is required when mqtt.embedded is false",
+            ));
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.token.len() < 16 || t.token.chars().any(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.tokens[{i}].token"),
+                    "must be at least 16 characters without spaces",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A string field that also accepts what figment's environment provider
+/// parsed as a number or bool (`ENERGYGUARD_MQTT__CLIENT_ID=007` arrives as
+/// the integer 7 otherwise, and fails).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl From<Scalar> for String {
+    fn from(scalar: Scalar) -> Self {
+        match scalar {
+            Scalar::Text(s) => s,
+            Scalar::Integer(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Scalar::deserialize(deserializer).map(String::from)
+}
+
+fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let scalar = Option::<Scalar>::deserialize(deserializer)?;
+    Ok(scalar.map(String::from).filter(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
+        let _ = jail;
+        Config::load(file.map(Path::new))
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        Jail::expect_with(|jail| {
+            let c = load(jail, None).expect("defaults load");
+            assert_eq!(c.http.listen.to_string(), "127.0.0.1:5000");
+            assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1883");
+            assert!(c.mqtt.embedded);
+            assert_eq!(c.replication.strategy, StrategyKind::Consistent);
+            assert_eq!(
+                (c.replication.replication_factor, c.replication.write_quorum),
+                (2, 1)
+            );
+            assert_eq!(c.replication.nodes.len(), 3);
+            assert!(c.auth.tokens.is_empty(), "no default credential");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_env_nests_with_double_underscores() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(
+                "config/default.toml",
+                "data_dir = \"from-default\"\n[http]\nlisten = \"127.0.0.1:1\"",
+            )?;
+            jail.create_file(
+                "mine.toml",
+                "[http]\nlisten = \"127.0.0.1:2\"\n[replication]\nstrategy = \"full\"",
+            )?;
+            jail.set_env("ENERGYGUARD_HTTP__LISTEN", "127.0.0.1:3");
+            jail.set_env("ENERGYGUARD_MQTT__CLIENT_ID", "007");
+            jail.set_env("ENERGYGUARD_API_TOKEN", "123456");
+            jail.set_env("ENERGYGUARD_URL", "http://elsewhere");
+            let c = load(jail, Some("mine.toml")).expect("loads");
+            assert_eq!(c.data_dir, PathBuf::from("from-default"));
+            assert_eq!(c.http.listen.to_string(), "127.0.0.1:3");
+            assert_eq!(c.replication.strategy, StrategyKind::Full);
+            assert_eq!(c.mqtt.client_id, "007", "digits stay a string");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[replication]\nstrategy = \"ring\"", "replication.strategy"),
+            (
+                "[replication]\nreplication_factor = 5",
+                "replication.replication_factor",
+            ),
+            (
+                "[replication]\nwrite_quorum = 3",
+                "replication.write_quorum",
+            ),
+            ("[htp]\nlisten = \"x\"", "htp"),
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[mqtt]\ntopic_prefix = \"a/#\"", "mqtt.topic_prefix"),
+            (
+                "[[auth.tokens]]\ntoken = \"short\"\nrole = \"admin\"",
+                "auth.tokens[0].token",
+            ),
+            (
+                "[[auth.tokens]]\ntoken = \"long-enough-token-1234\"\nrole = \"root\"",
+                "role",
+            ),
+        ];
+        for (toml, key) in cases {
+            Jail::expect_with(|jail| {
+                jail.create_file("bad.toml", toml)?;
+                let err = load(jail, Some("bad.toml")).expect_err(toml).to_string();
+                assert!(
+                    err.contains(key),
+                    "{toml:?} gave {err:?}, which does not name {key}"
+                );
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        Jail::expect_with(|jail| {
+            let err = load(jail, Some("absent.toml")).expect_err("missing file");
+            assert!(err.to_string().contains("--config"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_shipped_default_file_parses_and_equals_the_defaults() {
+        let shipped = include_str!("../config/default.toml");
+        let parsed: Config = Figment::from(Toml::string(shipped))
+            .extract()
+            .expect("shipped file parses");
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("json"),
+            serde_json::to_value(&defaults).expect("json")
+        );
+    }
+}

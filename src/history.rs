@@ -1,0 +1,227 @@
+//! History aggregation (SPEC §3 `/sensor/<id>/history` with `every` and
+//! `agg`). Pure functions over points in time order.
+//!
+//! `energy` integrates the value over time with the trapezoid rule, in
+//! unit·hours (W → Wh). A segment between two readings further apart than
+//! `max_gap` is not bridged (the meter was silent; guessing would invent
+//! energy). Segments that cross a bucket boundary are split at it, with the
+//! value interpolated linearly, so each bucket gets exactly its share.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::reading::{InvalidInput, format_timestamp};
+
+const HOUR_MS: f64 = 3_600_000.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Mean,
+    Min,
+    Max,
+    Sum,
+    Count,
+    Last,
+    Energy,
+}
+
+impl std::str::FromStr for Aggregate {
+    type Err = InvalidInput;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "mean" => Self::Mean,
+            "min" => Self::Min,
+            "max" => Self::Max,
+            "sum" => Self::Sum,
+            "count" => Self::Count,
+            "last" => Self::Last,
+            "energy" => Self::Energy,
+            _ => {
+                return Err(InvalidInput::new(
+                    "agg",
+                    "must be one of mean, min, max, sum, count, last, energy",
+                ));
+            }
+        })
+    }
+}
+
+/// Parses a duration such as `30s`, `1m`, `15m`, `1h`, `1d` into milliseconds.
+pub fn parse_duration(field: &str, text: &str) -> Result<i64, InvalidInput> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(InvalidInput::new(
+                field,
+                format!("{text:?} is not a duration like 30s, 15m, 1h or 1d"),
+            ));
+        }
+    };
+    match number.parse::<i64>() {
+        Ok(n) if n > 0 && n <= 366 * 86_400_000 / unit_ms => Ok(n * unit_ms),
+        _ => Err(InvalidInput::new(
+            field,
+            format!("{text:?} must be a positive duration of at most a year"),
+        )),
+    }
+}
+
+/// One bucket of an aggregated history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    #[serde(serialize_with = "as_timestamp")]
+    pub timestamp: i64,
+    pub value: f64,
+    /// Readings in the bucket.
+    pub count: u64,
+}
+
+fn as_timestamp<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_timestamp(*ms))
+}
+
+#[derive(Default)]
+struct Accumulator {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: f64,
+    energy: f64,
+}
+
+/// Aggregates `points` (timestamp ms, value), given in time order, into
+/// buckets of `every_ms` aligned to the epoch. Buckets without readings are
+/// left out, except that `energy` also reports buckets a bridged segment
+/// crossed.
+pub fn aggregate(
+    points: &[(i64, f64)],
+    every_ms: i64,
+    agg: Aggregate,
+    max_gap_ms: i64,
+) -> Vec<Bucket> {
+    let start_of = |ts: i64| ts.div_euclid(every_ms) * every_ms;
+    let mut buckets: BTreeMap<i64, Accumulator> = BTreeMap::new();
+    for &(ts, value) in points {
+        let b = buckets.entry(start_of(ts)).or_insert_with(|| Accumulator {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ..Accumulator::default()
+        });
+        b.count += 1;
+        b.sum += value;
+        b.min = b.min.min(value);
+        b.max = b.max.max(value);
+        b.last = value;
+    }
+    if agg == Aggregate::Energy {
+        for pair in points.windows(2) {
+            let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
+            if t1 <= t0 || t1 - t0 > max_gap_ms {
+                continue;
+            }
+            let value_at = |t: i64| v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64;
+            let mut from = t0;
+            while from < t1 {
+                let to = (start_of(from) + every_ms).min(t1);
+                let area = (value_at(from) + value_at(to)) / 2.0 * (to - from) as f64 / HOUR_MS;
+                buckets.entry(start_of(from)).or_default().energy += area;
+                from = to;
+            }
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(timestamp, b)| Bucket {
+            timestamp,
+            count: b.count,
+            value: match agg {
+                Aggregate::Mean => b.sum / b.count as f64,
+                Aggregate::Min => b.min,
+                Aggregate::Max => b.max,
+                Aggregate::Sum => b.sum,
+                Aggregate::Count => b.count as f64,
+                Aggregate::Last => b.last,
+                Aggregate::Energy => b.energy,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("every", "15m"), Ok(15 * MIN));
+        assert_eq!(parse_duration("every", "1d"), Ok(1_440 * MIN));
+        assert_eq!(parse_duration("every", "30s"), Ok(30_000));
+        for bad in ["", "m", "0m", "-1m", "1w", "1.5h", "99999999999d"] {
+            assert!(parse_duration("every", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn statistics_per_bucket() {
+        let points = [(0, 1.0), (MIN / 2, 3.0), (MIN, 10.0), (3 * MIN, 4.0)];
+        let values = |agg| {
+            aggregate(&points, MIN, agg, 15 * MIN)
+                .iter()
+                .map(|b| (b.timestamp, b.value, b.count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            values(Aggregate::Mean),
+            vec![(0, 2.0, 2), (MIN, 10.0, 1), (3 * MIN, 4.0, 1)]
+        );
+        assert_eq!(values(Aggregate::Min)[0].1, 1.0);
+        assert_eq!(values(Aggregate::Max)[0].1, 3.0);
+        assert_eq!(values(Aggregate::Sum)[0].1, 4.0);
+        assert_eq!(values(Aggregate::Count)[0].1, 2.0);
+        assert_eq!(values(Aggregate::Last)[0].1, 3.0);
+    }
+
+    #[test]
+    fn energy_is_the_trapezoid_integral_in_unit_hours() {
+        // A steady 1,000 W for two hours, sampled every 30 minutes: 1 kWh per hour.
+        let points: Vec<(i64, f64)> = (0..=4).map(|i| (i * 30 * MIN, 1_000.0)).collect();
+        let buckets = aggregate(&points, 60 * MIN, Aggregate::Energy, 60 * MIN);
+        let energy: Vec<f64> = buckets.iter().map(|b| b.value).collect();
+        assert_eq!(energy, vec![1_000.0, 1_000.0, 0.0]);
+        // A ramp 0 → 100 W over one hour is 50 Wh, split at the half hour
+        // into 12.5 Wh and 37.5 Wh.
+        let ramp = aggregate(
+            &[(0, 0.0), (60 * MIN, 100.0)],
+            30 * MIN,
+            Aggregate::Energy,
+            60 * MIN,
+        );
+        assert_eq!(
+            ramp.iter().map(|b| b.value).collect::<Vec<_>>(),
+            vec![12.5, 37.5, 0.0]
+        );
+    }
+
+    #[test]
+    fn energy_does_not_bridge_long_gaps() {
+        let points = [(0, 100.0), (15 * MIN, 100.0), (120 * MIN, 100.0)];
+        let total: f64 = aggregate(&points, 60 * MIN, Aggregate::Energy, 15 * MIN)
+            .iter()
+            .map(|b| b.value)
+            .sum();
+        assert_eq!(total, 25.0, "only the first quarter hour counts");
+    }
+}

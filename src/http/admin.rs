@@ -1,0 +1,165 @@
+//! Handlers for the cluster: replication settings, node status, fault
+//! injection and recovery, placement look-ups, health and metrics.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Admin, Authorized, Reader};
+use super::error::ApiError;
+use super::extract::JsonBody;
+use crate::reading::{InvalidInput, Key, reject_unknown_fields};
+use crate::replication::{
+    NodeReport, NodeStatus, RecoveryReport, ReplicationSettings, StrategyKind,
+};
+
+fn replication_json(state: &AppState) -> Value {
+    let placement = state.replicator.placement();
+    let settings = placement.settings();
+    json!({
+        "strategy": settings.strategy,
+        "replication_factor": placement.copies(),
+        "virtual_nodes": settings.virtual_nodes,
+        "write_quorum": settings.write_quorum,
+        "nodes": placement.nodes(),
+        "rebalance": state.replicator.rebalance_progress(),
+    })
+}
+
+pub async fn replication(State(state): State<AppState>, _: Authorized<Reader>) -> Json<Value> {
+    Json(replication_json(&state))
+}
+
+pub async fn configure_replication(
+    State(state): State<AppState>,
+    _: Authorized<Admin>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad("body", "must be a JSON object"))?;
+    reject_unknown_fields(
+        object,
+        &[
+            "strategy",
+            "replication_factor",
+            "virtual_nodes",
+            "write_quorum",
+        ],
+    )?;
+    let current = state.replicator.placement().settings();
+    let strategy = match object.get("strategy").and_then(Value::as_str) {
+        Some("full") => StrategyKind::Full,
+        Some("consistent") => StrategyKind::Consistent,
+        _ => {
+            return Err(ApiError::bad(
+                "strategy",
+                "must be \"full\" or \"consistent\"",
+            ));
+        }
+    };
+    let number = |field: &str, default: usize| -> Result<usize, InvalidInput> {
+        match object.get(field) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| InvalidInput::new(field, "must be a positive whole number")),
+        }
+    };
+    let settings = ReplicationSettings {
+        strategy,
+        replication_factor: number("replication_factor", current.replication_factor)?,
+        virtual_nodes: u32::try_from(number("virtual_nodes", current.virtual_nodes as usize)?)
+            .map_err(|_| InvalidInput::new("virtual_nodes", "is too large"))?,
+        write_quorum: number("write_quorum", current.write_quorum)?,
+    };
+    state.replicator.configure(settings).await?;
+    Ok(Json(replication_json(&state)))
+}
+
+pub async fn nodes_status(
+    State(state): State<AppState>,
+    _: Authorized<Reader>,
+) -> Json<Vec<NodeReport>> {
+    Json(state.replicator.node_reports().await)
+}
+
+pub async fn fail_node(
+    State(state): State<AppState>,
+    _: Authorized<Admin>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = state.replicator.node_id(&id)?;
+    state.replicator.fail(&id).await?;
+    Ok(Json(json!({"id": id, "status": NodeStatus::Down})))
+}
+
+pub async fn recover_node(
+    State(state): State<AppState>,
+    _: Authorized<Admin>,
+    Path(id): Path<String>,
+) -> Result<Json<RecoveryReport>, ApiError> {
+    let id = state.replicator.node_id(&id)?;
+    Ok(Json(state.replicator.recover(&id).await?))
+}
+
+pub async fn replica_nodes(
+    State(state): State<AppState>,
+    _: Authorized<Reader>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key: Key = key.parse()?;
+    let strategy = state.replicator.placement().settings().strategy;
+    let nodes = state.replicator.replicas_for(&key);
+    Ok(Json(
+        json!({"key": key, "strategy": strategy, "nodes": nodes}),
+    ))
+}
+
+pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    let reports = state.replicator.node_reports().await;
+    let count = |s: NodeStatus| reports.iter().filter(|r| r.status == s).count();
+    let degraded = count(NodeStatus::Up) < reports.len();
+    Json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "nodes": {"up": count(NodeStatus::Up), "down": count(NodeStatus::Down), "recovering": count(NodeStatus::Recovering)},
+        "rebalancing": state.replicator.rebalance_progress().is_some(),
+    }))
+}
+
+/// Prometheus text. Node gauges are refreshed at scrape time.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    for report in state.replicator.node_reports().await {
+        let node = report.id.to_string();
+        for status in [NodeStatus::Up, NodeStatus::Down, NodeStatus::Recovering] {
+            let name = serde_json::to_value(status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let value = if report.status == status { 1.0 } else { 0.0 };
+            metrics::gauge!("energyguard_node_status", "node" => node.clone(), "status" => name)
+                .set(value);
+        }
+        if let Some(keys) = report.keys {
+            metrics::gauge!("energyguard_node_keys", "node" => node.clone()).set(keys as f64);
+        }
+        metrics::gauge!("energyguard_node_hints_pending", "node" => node)
+            .set(report.hints_pending as f64);
+    }
+    let rebalancing = if state.replicator.rebalance_progress().is_some() {
+        1.0
+    } else {
+        0.0
+    };
+    metrics::gauge!("energyguard_rebalance_in_progress").set(rebalancing);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,105 @@
+//! The REST API (SPEC §3) on axum: `router(state)` builds every route; each
+//! handler names the role it needs with an [`auth::Authorized`] extractor
+//! and fails with an [`error::ApiError`], mapped to a status only at the
+//! edge. Handlers call the library (`Ingestor`, `Replicator`,
+//! `AlertService`); they hold no logic of their own beyond parsing.
+
+mod admin;
+mod alerts;
+pub mod auth;
+pub mod error;
+mod extract;
+mod readings;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::alerts::AlertService;
+use crate::ingest::Ingestor;
+use crate::replication::Replicator;
+use auth::Auth;
+use error::ApiError;
+use extract::BodyLimit;
+
+pub use readings::MAX_BATCH;
+
+/// What every handler can reach. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub replicator: Arc<Replicator>,
+    pub ingestor: Arc<Ingestor>,
+    pub alerts: Arc<AlertService>,
+    pub auth: Arc<Auth>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/ingest", post(readings::ingest))
+        .route(
+            "/measurement/{key}",
+            get(readings::get_measurement)
+                .put(readings::update_measurement)
+                .delete(readings::delete_measurement),
+        )
+        .route("/delete/{key}", delete(readings::delete_measurement))
+        .route("/measurements", get(readings::list_measurements))
+        .route("/sensor/{sensor_id}/history", get(readings::history))
+        .route("/set_threshold", post(alerts::set_threshold))
+        .route("/thresholds", get(alerts::thresholds))
+        .route("/thresholds/{sensor_id}", delete(alerts::delete_threshold))
+        .route("/alerts", get(alerts::alerts))
+        .route("/replication", get(admin::replication))
+        .route("/configure_replication", post(admin::configure_replication))
+        .route("/nodes_status", get(admin::nodes_status))
+        .route("/fail_node/{id}", post(admin::fail_node))
+        .route("/recover_node/{id}", post(admin::recover_node))
+        .route("/replica_nodes/{key}", get(admin::replica_nodes))
+        .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            BodyLimit(max_body_bytes),
+            observe,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::NotFound("no such endpoint for this method".into())
+}
+
+/// Records a latency histogram per route and status, and tells body
+/// extractors the limit (for the 413 message).
+async fn observe(State(limit): State<BodyLimit>, mut request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    request.extensions_mut().insert(limit);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "energyguard_http_request_duration_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,299 @@
+//! Handlers for readings: ingest, point reads and writes, listing, history.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Authorized, Reader, Writer};
+use super::error::ApiError;
+use super::extract::{JsonBody, QueryParams};
+use crate::history::{self, Aggregate, Bucket};
+use crate::reading::{
+    Key, Measurement, SensorId, format_timestamp, parse_reading, parse_unit, parse_value,
+    reject_unknown_fields,
+};
+use crate::storage::{Record, Scan};
+
+/// Most readings accepted in one `POST /ingest`.
+pub const MAX_BATCH: usize = 10_000;
+const LIST_DEFAULT: usize = 1_000;
+const LIST_MAX: usize = 100_000;
+const HISTORY_DEFAULT: usize = 100_000;
+const HISTORY_MAX: usize = 1_000_000;
+const DEFAULT_MAX_GAP_MS: i64 = 15 * 60_000;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_key(text: &str) -> Result<Key, ApiError> {
+    Ok(text.parse::<Key>()?)
+}
+
+fn measurement(record: Record) -> Option<Measurement> {
+    let key = record.key;
+    record.sample.map(|s| Measurement::new(key, s))
+}
+
+pub async fn ingest(
+    State(state): State<AppState>,
+    _: Authorized<Writer>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let now = now_ms();
+    match body {
+        Value::Array(items) => {
+            if items.len() > MAX_BATCH {
+                return Err(ApiError::bad(
+                    "body",
+                    format!("at most {MAX_BATCH} readings per request"),
+                ));
+            }
+            let readings = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    parse_reading(item, None, now)
+                        .map_err(|e| ApiError::bad(format!("[{i}].{}", e.field), e.reason))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .inspect_err(|_| rejected(items.len()))?;
+            let keys = state.ingestor.ingest(readings).await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"count": keys.len(), "keys": keys})),
+            )
+                .into_response())
+        }
+        single => {
+            let reading = parse_reading(&single, None, now).inspect_err(|_| rejected(1))?;
+            let keys = state.ingestor.ingest(vec![reading]).await?;
+            Ok((StatusCode::CREATED, Json(json!({"key": keys[0]}))).into_response())
+        }
+    }
+}
+
+fn rejected(count: usize) {
+    metrics::counter!("energyguard_readings_rejected_total", "reason" => "invalid")
+        .increment(count as u64);
+}
+
+pub async fn get_measurement(
+    State(state): State<AppState>,
+    _: Authorized<Reader>,
+    Path(key): Path<String>,
+) -> Result<Json<Measurement>, ApiError> {
+    let key = parse_key(&key)?;
+    match state.replicator.get(&key).await? {
+        Some(sample) => Ok(Json(Measurement::new(key, sample))),
+        None => Err(ApiError::NotFound(format!("no measurement with key {key}"))),
+    }
+}
+
+pub async fn update_measurement(
+    State(state): State<AppState>,
+    _: Authorized<Writer>,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Measurement>, ApiError> {
+    let key = parse_key(&key)?;
+    let object = body.as_object().ok_or_else(|| {
+        ApiError::bad("body", "must be a JSON object {\"value\": x, \"unit\"?: u}")
+    })?;
+    reject_unknown_fields(object, &["value", "unit"])?;
+    let value = parse_value("value", object.get("value").unwrap_or(&Value::Null))?;
+    let unit = parse_unit(object.get("unit"))?;
+    if !state.replicator.update(&key, value, unit).await? {
+        return Err(ApiError::NotFound(format!("no measurement with key {key}")));
+    }
+    let sample = state
+        .replicator
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no measurement with key {key}")))?;
+    Ok(Json(Measurement::new(key, sample)))
+}
+
+pub async fn delete_measurement(
+    State(state): State<AppState>,
+    _: Authorized<Writer>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = parse_key(&key)?;
+    if state.replicator.delete(&key).await? {
+        Ok(Json(json!({"deleted": key})))
+    } else {
+        Err(ApiError::NotFound(format!("no measurement with key {key}")))
+    }
+}
+
+pub async fn list_measurements(
+    State(state): State<AppState>,
+    _: Authorized<Reader>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<Measurement>>, ApiError> {
+    let q = QueryParams::parse(
+        query.as_deref(),
+        &["sensor_id", "from", "to", "limit", "after"],
+    )?;
+    let scan = Scan {
+        sensor: q.parsed::<SensorId>("sensor_id")?,
+        from_ms: q.time("from")?,
+        to_ms: q.time("to")?,
+        after: q.parsed::<Key>("after")?,
+        limit: q.limit(LIST_DEFAULT, LIST_MAX)?,
+        tombstones: false,
+    };
+    let records = state.replicator.scan(scan).await?;
+    Ok(Json(records.into_iter().filter_map(measurement).collect()))
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    _: Authorized<Reader>,
+    Path(sensor): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let sensor: SensorId = sensor.parse()?;
+    let q = QueryParams::parse(
+        query.as_deref(),
+        &["from", "to", "limit", "every", "agg", "max_gap", "format"],
+    )?;
+    let csv = match q.text("format") {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::bad("format", "must be json or csv")),
+    };
+    let every = q
+        .text("every")
+        .map(|e| history::parse_duration("every", e))
+        .transpose()?;
+    let agg = q.parsed::<Aggregate>("agg")?;
+    let max_gap = q
+        .text("max_gap")
+        .map(|g| history::parse_duration("max_gap", g))
+        .transpose()?
+        .unwrap_or(DEFAULT_MAX_GAP_MS);
+    if agg.is_some() && every.is_none() {
+        return Err(ApiError::bad(
+            "every",
+            "is required with agg (e.g. every=15m)",
+        ));
+    }
+    let limit = q.limit(HISTORY_DEFAULT, HISTORY_MAX)?;
+    let range = Scan {
+        sensor: Some(sensor.clone()),
+        from_ms: q.time("from")?,
+        to_ms: q.time("to")?,
+        ..Scan::default()
+    };
+    let probe = Scan {
+        limit: 1,
+        ..Scan {
+            sensor: Some(sensor.clone()),
+            ..Scan::default()
+        }
+    };
+    if state.replicator.scan(probe).await?.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no measurements for sensor {sensor}"
+        )));
+    }
+
+    match every {
+        None => {
+            let records = state.replicator.scan(Scan { limit, ..range }).await?;
+            let points: Vec<Measurement> = records.into_iter().filter_map(measurement).collect();
+            Ok(if csv {
+                measurements_csv(&points)
+            } else {
+                Json(points).into_response()
+            })
+        }
+        Some(every) => {
+            let points = all_points(&state, range).await?;
+            let mut buckets =
+                history::aggregate(&points, every, agg.unwrap_or(Aggregate::Mean), max_gap);
+            buckets.truncate(limit);
+            Ok(if csv {
+                buckets_csv(&buckets)
+            } else {
+                Json(buckets).into_response()
+            })
+        }
+    }
+}
+
+/// Every (timestamp, value) in the range, read page by page.
+async fn all_points(state: &AppState, range: Scan) -> Result<Vec<(i64, f64)>, ApiError> {
+    const PAGE: usize = 100_000;
+    let mut points = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state
+            .replicator
+            .scan(Scan {
+                after: after.clone(),
+                limit: PAGE,
+                ..range.clone()
+            })
+            .await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|r| r.key.clone());
+        points.extend(
+            page.into_iter()
+                .filter_map(|r| r.sample.map(|s| (r.key.timestamp_ms, s.value))),
+        );
+        if !full {
+            return Ok(points);
+        }
+    }
+}
+
+fn csv_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+}
+
+fn measurements_csv(points: &[Measurement]) -> Response {
+    let mut out = String::from("key,sensor_id,timestamp,value,unit\n");
+    for m in points {
+        let unit = m.unit.as_ref().map(|u| u.as_str()).unwrap_or("");
+        out.push_str(&format!(
+            "{},{},{},{},{}\n",
+            m.key,
+            m.sensor_id,
+            format_timestamp(m.timestamp),
+            m.value,
+            csv_field(unit)
+        ));
+    }
+    csv_response(out)
+}
+
+fn buckets_csv(buckets: &[Bucket]) -> Response {
+    let mut out = String::from("timestamp,value,count\n");
+    for b in buckets {
+        out.push_str(&format!(
+            "{},{},{}\n",
+            format_timestamp(b.timestamp),
+            b.value,
+            b.count
+        ));
+    }
+    csv_response(out)
+}
+
+/// Quotes a CSV field when it needs it (units are free text).
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}

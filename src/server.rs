@@ -1,0 +1,135 @@
+//! The composition root: builds every part from a [`Config`], serves the
+//! API until the shutdown future resolves, then tears down in order.
+//!
+//! Start: storage nodes and cluster state (the replicator), alerts, auth,
+//! then the HTTP listener. Stop (SIGTERM, Ctrl-C): stop accepting requests
+//! and let in-flight ones finish, stop background work, then flush and
+//! close the alert store and every storage node. Each step is logged.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::alerts::AlertService;
+use crate::config::{API_TOKEN_ENV, Config};
+use crate::http::auth::{Auth, GeneratedToken};
+use crate::http::{AppState, router};
+use crate::ingest::Ingestor;
+use crate::replication::{PlacementSpec, ReplicationError, Replicator};
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {address} (http.listen): {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("replication: {0}")]
+    Replication(#[from] ReplicationError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One Prometheus recorder per process (the `metrics` facade is global).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Binds `config.http.listen` and serves until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let address = config.http.listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: address.to_string(),
+            source,
+        })?;
+    run(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let data_dir = config.data_dir.clone();
+    let sync = config.storage.synchronous;
+    tracing::info!(data_dir = %data_dir.display(), "opening storage nodes");
+    let spec = PlacementSpec {
+        settings: config.replication.settings(),
+        nodes: config.replication.nodes.clone(),
+    };
+    let replicator = Replicator::open_sqlite(&data_dir, spec, sync).await?;
+    replicator.start_background();
+    let alerts = Arc::new(AlertService::open(&data_dir, sync).await?);
+    let ingestor = Arc::new(Ingestor::new(replicator.clone(), alerts.clone()));
+
+    let (auth, generated) = Auth::load(
+        &config.auth.tokens,
+        std::env::var(API_TOKEN_ENV).ok(),
+        &data_dir,
+    )?;
+    match generated {
+        GeneratedToken::Created(path) => {
+            tracing::warn!(path = %path.display(), "no API token configured: generated an admin token")
+        }
+        GeneratedToken::Reused(path) => {
+            tracing::info!(path = %path.display(), "using the generated admin token")
+        }
+        GeneratedToken::None => {}
+    }
+    if config.mqtt.embedded || config.mqtt.url.is_some() {
+        tracing::warn!(
+            "MQTT ingestion is not part of this build yet: readings are accepted over HTTP only"
+        );
+    }
+
+    let state = AppState {
+        replicator: replicator.clone(),
+        ingestor,
+        alerts: alerts.clone(),
+        auth: Arc::new(auth),
+        metrics: metrics_handle(),
+    };
+    let app = router(state, config.http.max_body_bytes);
+    let local = listener.local_addr()?;
+    tracing::info!("HTTP API listening on http://{local}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutdown: no new requests; finishing requests in flight");
+        })
+        .await?;
+    tracing::info!("shutdown: closing the alert store");
+    alerts.close().await;
+    tracing::info!("shutdown: flushing and closing storage nodes");
+    replicator.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
