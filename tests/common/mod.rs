@@ -2,6 +2,8 @@
 //! each in its own temporary directory, and small constructors.
 #![allow(dead_code)]
 
+pub mod service;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,163 @@
+//! Starts the real `energyguard` binary on a free port in a temporary
+//! directory, learns its address from its log, and kills it on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub const READ_TOKEN: &str = "read-token-0123456789";
+pub const WRITE_TOKEN: &str = "write-token-0123456789";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+pub struct Service {
+    pub dir: PathBuf,
+    pub url: String,
+    child: Child,
+    /// Log lines after the address line, for tests that check the log.
+    pub log: mpsc::Receiver<String>,
+    pub http: reqwest::Client,
+}
+
+/// Writes a config with one token per role, plus `extra` TOML.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("test.toml");
+    let text = format!(
+        "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+         [[auth.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n\
+         [[auth.tokens]]\ntoken = \"{WRITE_TOKEN}\"\nrole = \"write\"\n\
+         [[auth.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n",
+        data = dir.join("data").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+impl Service {
+    /// Starts the service in `dir` (reusing whatever data is there).
+    pub fn start_in(dir: &Path, extra_config: &str) -> Self {
+        let config = write_config(dir, extra_config);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(dir)
+            .env_remove("ENERGYGUARD_API_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start energyguard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (address_tx, address_rx) = mpsc::channel();
+        let (log_tx, log_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut address_tx = Some(address_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(tx) = address_tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+                let _ = log_tx.send(line);
+            }
+        });
+        let url = match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log: Vec<String> = log_rx.try_iter().collect();
+                panic!("the service did not start: {log:#?}");
+            }
+        };
+        Self {
+            dir: dir.to_path_buf(),
+            url,
+            child,
+            log: log_rx,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(READ_TOKEN), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(ADMIN_TOKEN), Some(body))
+            .await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str) -> (StatusCode, Value) {
+        self.call(method, path, Some(ADMIN_TOKEN), None).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM; answers the exit status and the log written after start.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.wait_for_sigterm();
+        let log = std::mem::replace(&mut self.log, mpsc::channel().1);
+        (status, log.iter().collect())
+    }
+
+    /// SIGTERM, and waits for the process to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.wait_for_sigterm()
+    }
+
+    fn wait_for_sigterm(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("send SIGTERM");
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the service did not stop within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
