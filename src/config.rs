@@ -19,6 +19,16 @@ use crate::storage::sqlite::Synchronous;
 
 /// Environment variables that share the prefix but are not config keys.
 const NOT_CONFIG_KEYS: [&str; 3] = ["api_token", "url", "token"];
+/// String keys whose environment values must be taken verbatim: figment's
+/// `Env` parses every value, so `ENERGYGUARD_MQTT__CLIENT_ID=007` would
+/// arrive as the integer 7.
+const VERBATIM_KEYS: [&str; 5] = [
+    "data_dir",
+    "mqtt.url",
+    "mqtt.topic_prefix",
+    "mqtt.client_id",
+    "mqtt.share_group",
+];
 /// The variable that adds one admin token (SPEC §3).
 pub const API_TOKEN_ENV: &str = "ENERGYGUARD_API_TOKEN";
 
@@ -50,11 +60,8 @@ pub struct MqttConfig {
     /// The broker to consume from; defaults to `listen` when embedded.
     #[serde(deserialize_with = "optional_text")]
     pub url: Option<String>,
-    #[serde(deserialize_with = "text")]
     pub topic_prefix: String,
-    #[serde(deserialize_with = "text")]
     pub client_id: String,
-    #[serde(deserialize_with = "text")]
     pub share_group: String,
 }
 
@@ -85,7 +92,6 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
-    #[serde(deserialize_with = "text")]
     pub token: String,
     pub role: Role,
 }
@@ -195,11 +201,6 @@ impl ConfigError {
 impl Config {
     /// Loads the layers of SPEC §6 from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, Env::prefixed("ENERGYGUARD_"))
-    }
-
-    /// Loads with a given environment provider (tests pass their own).
-    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         let shipped = Path::new("config/default.toml");
         if shipped.is_file() {
@@ -214,7 +215,17 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(env.ignore(&NOT_CONFIG_KEYS).split("__"));
+        figment = figment.merge(
+            Env::prefixed("ENERGYGUARD_")
+                .ignore(&NOT_CONFIG_KEYS)
+                .split("__"),
+        );
+        for key in VERBATIM_KEYS {
+            let name = format!("ENERGYGUARD_{}", key.replace('.', "__").to_uppercase());
+            if let Ok(raw) = std::env::var(&name) {
+                figment = figment.merge(Serialized::default(key, raw));
+            }
+        }
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
@@ -264,52 +275,28 @@ impl Config {
     }
 }
 
-/// A string field that also accepts what figment's environment provider
-/// parsed as a number or bool (`ENERGYGUARD_MQTT__CLIENT_ID=007` arrives as
-/// the integer 7 otherwise, and fails).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Text(String),
-    Integer(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl From<Scalar> for String {
-    fn from(scalar: Scalar) -> Self {
-        match scalar {
-            Scalar::Text(s) => s,
-            Scalar::Integer(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }
-    }
-}
-
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    Scalar::deserialize(deserializer).map(String::from)
-}
-
+/// `url = ""` in a file means "not set".
 fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    let scalar = Option::<Scalar>::deserialize(deserializer)?;
-    Ok(scalar.map(String::from).filter(|s| !s.is_empty()))
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.is_empty()))
 }
 
 #[cfg(test)]
+// figment's `Jail` (a sandboxed working directory and environment) makes its
+// closures return `figment::Error`, which is large; that is its API.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
 
-    fn load(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
-        let _ = jail;
+    /// Loads inside a `Jail`, whose working directory and environment are the test's own.
+    fn load(file: Option<&str>) -> Result<Config, ConfigError> {
         Config::load(file.map(Path::new))
     }
 
     #[test]
     fn defaults_match_the_spec() {
-        Jail::expect_with(|jail| {
-            let c = load(jail, None).expect("defaults load");
+        Jail::expect_with(|_| {
+            let c = load(None).expect("defaults load");
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:5000");
             assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1883");
             assert!(c.mqtt.embedded);
@@ -340,7 +327,7 @@ mod tests {
             jail.set_env("ENERGYGUARD_MQTT__CLIENT_ID", "007");
             jail.set_env("ENERGYGUARD_API_TOKEN", "123456");
             jail.set_env("ENERGYGUARD_URL", "http://elsewhere");
-            let c = load(jail, Some("mine.toml")).expect("loads");
+            let c = load(Some("mine.toml")).expect("loads");
             assert_eq!(c.data_dir, PathBuf::from("from-default"));
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:3");
             assert_eq!(c.replication.strategy, StrategyKind::Full);
@@ -376,7 +363,7 @@ mod tests {
         for (toml, key) in cases {
             Jail::expect_with(|jail| {
                 jail.create_file("bad.toml", toml)?;
-                let err = load(jail, Some("bad.toml")).expect_err(toml).to_string();
+                let err = load(Some("bad.toml")).expect_err(toml).to_string();
                 assert!(
                     err.contains(key),
                     "{toml:?} gave {err:?}, which does not name {key}"
@@ -388,8 +375,8 @@ mod tests {
 
     #[test]
     fn a_missing_config_file_is_an_error() {
-        Jail::expect_with(|jail| {
-            let err = load(jail, Some("absent.toml")).expect_err("missing file");
+        Jail::expect_with(|_| {
+            let err = load(Some("absent.toml")).expect_err("missing file");
             assert!(err.to_string().contains("--config"));
             Ok(())
         });

@@ -155,7 +155,7 @@ async fn the_highest_version_wins_and_stale_replicas_are_repaired() {
 
     let sample = c
         .replicator
-        .get(&key("s1", 0))
+        .get_repairing(&key("s1", 0))
         .await
         .expect("get")
         .expect("found");
@@ -165,6 +165,34 @@ async fn the_highest_version_wins_and_stale_replicas_are_repaired() {
         let stale = stale.clone();
         let newer = newer.clone();
         async move { stale.get(&newer.key).await.expect("get") == Some(newer) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_read_in_sixteen_repairs_stale_replicas() {
+    let c = memory_cluster(2, settings(StrategyKind::Full, 1, 1)).await;
+    c.replicator
+        .put(vec![reading("s1", 0, 1.0)])
+        .await
+        .expect("put");
+    // The second replica loses the record behind the replicator's back.
+    let node2 = c.replicator.replicas_for(&key("s1", 0)).remove(1);
+    c.nodes[&node2].wipe();
+    for _ in 0..energyguard::replication::READ_REPAIR_EVERY {
+        assert_eq!(
+            c.replicator
+                .get(&key("s1", 0))
+                .await
+                .expect("get")
+                .map(|s| s.value),
+            Some(1.0)
+        );
+    }
+    let node = c.nodes[&node2].clone();
+    wait_until(Duration::from_secs(5), || {
+        let node = node.clone();
+        async move { node.get(&key("s1", 0)).await.expect("get").is_some() }
     })
     .await;
 }

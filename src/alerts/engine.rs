@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn table() {
-        let cases: Vec<(&str, Threshold, Vec<(i64, f64)>, Vec<Transition>)> = vec![
+        type Case = (&'static str, Threshold, Vec<(i64, f64)>, Vec<Transition>);
+        let cases: Vec<Case> = vec![
             (
                 "inside never fires",
                 threshold(Some(70.0), None, 0.0),

@@ -32,7 +32,7 @@ pub mod strategy;
 
 pub use rebalance::{RebalancePhase, RebalanceProgress, RebalanceStep};
 pub use recovery::RecoveryReport;
-pub use replicator::{NodeReport, NodeStatus, Replicator};
+pub use replicator::{NodeReport, NodeStatus, READ_REPAIR_EVERY, Replicator};
 pub use strategy::{Placement, PlacementSpec, ReplicationSettings, StrategyKind};
 
 use crate::reading::InvalidInput;

@@ -2,7 +2,7 @@
 //! and owns the cluster's state (node statuses and placements).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::future::join_all;
@@ -21,6 +21,9 @@ pub(super) const PLACEMENT: &str = "placement";
 pub(super) const PREVIOUS_PLACEMENT: &str = "previous_placement";
 pub(super) const CLEANUP_PENDING: &str = "cleanup_pending";
 const DOWN_NODES: &str = "down_nodes";
+
+/// One point read in this many asks every replica and repairs stale ones.
+pub const READ_REPAIR_EVERY: u64 = 16;
 
 /// Largest page fetched from one node while merging a scan over all nodes.
 const MERGE_PAGE: usize = 10_000;
@@ -104,6 +107,8 @@ pub struct Replicator {
     pub(super) clock: Clock,
     pub(super) mover_wakeup: Arc<Notify>,
     closed: AtomicBool,
+    /// Point reads served, to pick the ones that repair.
+    reads: AtomicU64,
 }
 
 impl Replicator {
@@ -188,6 +193,7 @@ impl Replicator {
             clock,
             mover_wakeup: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
+            reads: AtomicU64::new(1),
         });
         Ok(replicator)
     }
@@ -446,12 +452,46 @@ impl Replicator {
         Ok(readers)
     }
 
-    /// The measurement stored under `key`, if any.
+    /// The measurement stored under `key`, if any, from the first live
+    /// replica in preference order (the next one if it fails).
     ///
-    /// Every live replica is asked (they are few, and local); the highest
-    /// version answers, and replicas that returned an older version or
-    /// nothing are repaired in the background.
+    /// Any live authoritative replica holds every acknowledged write
+    /// (recovery finishes before a node serves reads, and a node that fails
+    /// a write is taken out), so one replica answers correctly; replicas can
+    /// only disagree about a write that was never acknowledged, cut short by
+    /// a crash. One read in [`READ_REPAIR_EVERY`] asks every replica instead
+    /// and repairs the stale ones, so such leftovers converge too (recovery
+    /// repairs everything it compares).
     pub async fn get(&self, key: &Key) -> ReplicationResult<Option<Sample>> {
+        if self
+            .reads
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(READ_REPAIR_EVERY)
+        {
+            return self.get_repairing(key).await;
+        }
+        let mut last_error = None;
+        for (id, node) in self.readers_for(&key.sensor)? {
+            match node.get(key).await {
+                Ok(record) => return Ok(record.and_then(|r| r.sample)),
+                Err(error) => {
+                    tracing::warn!(node = %id, %key, %error, "read failed; trying the next replica");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error
+            .map(ReplicationError::from)
+            .unwrap_or(ReplicationError::Unavailable {
+                required: 1,
+                available: 0,
+            }))
+    }
+
+    /// Reads `key` from every live replica, answers the highest version and
+    /// repairs replicas that returned an older version or nothing (in the
+    /// background).
+    pub async fn get_repairing(&self, key: &Key) -> ReplicationResult<Option<Sample>> {
         let readers = self.readers_for(&key.sensor)?;
         let answers = join_all(readers.iter().map(|(_, node)| node.get(key))).await;
         let mut newest: Option<Record> = None;

@@ -1,0 +1,194 @@
+//! The command-line client, run as the built binary against a live service.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::service::*;
+use serde_json::Value;
+
+fn energyguard(service: &Service, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(args)
+        .env("ENERGYGUARD_URL", &service.url)
+        .env("ENERGYGUARD_TOKEN", token)
+        .current_dir(&service.dir)
+        .output()
+        .expect("run energyguard")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+#[test]
+fn put_get_list_history_update_delete() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let put = energyguard(
+        &s,
+        WRITE_TOKEN,
+        &[
+            "put",
+            "meter1",
+            "42.5",
+            "--timestamp",
+            "2025-07-05T18:00:00Z",
+            "--unit",
+            "kW",
+            "--json",
+        ],
+    );
+    assert!(put.status.success(), "{put:?}");
+    assert_eq!(json(&put)["key"], "meter1:1751738400000");
+    energyguard(
+        &s,
+        WRITE_TOKEN,
+        &["put", "meter1", "40", "--timestamp", "1751738460"],
+    );
+
+    let get = energyguard(&s, READ_TOKEN, &["get", "meter1:1751738400000"]);
+    let table = stdout(&get);
+    assert!(get.status.success());
+    assert!(
+        table.contains("42.5")
+            && table.contains("kW")
+            && table.contains("2025-07-05T18:00:00.000Z"),
+        "{table}"
+    );
+
+    let list = energyguard(&s, READ_TOKEN, &["list", "--sensor-id", "meter1", "--json"]);
+    assert_eq!(json(&list).as_array().map(Vec::len), Some(2));
+    let table = stdout(&energyguard(&s, READ_TOKEN, &["list"]));
+    assert!(
+        table.contains("sensor_id") && table.contains("meter1:1751738460000"),
+        "a table with a header: {table}"
+    );
+
+    let history = energyguard(
+        &s,
+        READ_TOKEN,
+        &[
+            "history", "meter1", "--every", "1h", "--agg", "max", "--json",
+        ],
+    );
+    assert_eq!(json(&history)[0]["value"], 42.5);
+
+    let update = energyguard(
+        &s,
+        WRITE_TOKEN,
+        &["update", "meter1:1751738400000", "1", "--json"],
+    );
+    assert_eq!(json(&update)["value"], 1.0);
+    let delete = energyguard(
+        &s,
+        WRITE_TOKEN,
+        &["delete", "meter1:1751738400000", "--json"],
+    );
+    assert_eq!(json(&delete)["deleted"], "meter1:1751738400000");
+}
+
+#[test]
+fn cluster_administration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let nodes = energyguard(&s, READ_TOKEN, &["nodes", "--json"]);
+    assert_eq!(json(&nodes).as_array().map(Vec::len), Some(3));
+    assert!(
+        energyguard(&s, ADMIN_TOKEN, &["fail", "node2"])
+            .status
+            .success()
+    );
+    let table = stdout(&energyguard(&s, READ_TOKEN, &["nodes"]));
+    assert!(table.contains("down"), "{table}");
+    let recover = energyguard(&s, ADMIN_TOKEN, &["recover", "node2", "--json"]);
+    assert_eq!(json(&recover)["status"], "up");
+    let replication = energyguard(
+        &s,
+        ADMIN_TOKEN,
+        &["replication", "full", "--write-quorum", "2", "--json"],
+    );
+    assert_eq!(
+        (
+            json(&replication)["strategy"].clone(),
+            json(&replication)["write_quorum"].clone()
+        ),
+        ("full".into(), 2.into())
+    );
+    let replicas = energyguard(&s, READ_TOKEN, &["replicas", "x:1", "--json"]);
+    assert_eq!(json(&replicas)["nodes"].as_array().map(Vec::len), Some(3));
+    let threshold = energyguard(
+        &s,
+        WRITE_TOKEN,
+        &[
+            "threshold",
+            "x",
+            "--max",
+            "10",
+            "--hysteresis",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(json(&threshold)["max"], 10.0);
+    energyguard(
+        &s,
+        WRITE_TOKEN,
+        &["put", "x", "11", "--timestamp", "1751738400"],
+    );
+    let alerts = energyguard(&s, READ_TOKEN, &["alerts", "--state", "firing", "--json"]);
+    assert_eq!(json(&alerts)[0]["sensor_id"], "x");
+}
+
+#[test]
+fn failures_exit_non_zero_with_the_servers_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let missing = energyguard(&s, READ_TOKEN, &["get", "nobody:1"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("no measurement with key nobody:1") && stderr.contains("404"),
+        "{stderr}"
+    );
+
+    let forbidden = energyguard(&s, READ_TOKEN, &["fail", "node1"]);
+    assert!(!forbidden.status.success());
+    assert!(String::from_utf8_lossy(&forbidden.stderr).contains("admin role"));
+
+    let bad = energyguard(&s, WRITE_TOKEN, &["put", "bad id", "1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sensor_id"));
+
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["nodes", "--url", "http://127.0.0.1:9"])
+        .output()
+        .expect("run");
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn a_bad_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[replication]\nreplication_factor = 7\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["serve", "--config", "bad.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("replication.replication_factor"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
