@@ -98,6 +98,15 @@ impl Run {
             .collect()
     }
 
+    async fn down_nodes(&self) -> Vec<NodeId> {
+        let statuses = self.statuses().await;
+        statuses
+            .into_iter()
+            .filter(|(_, s)| *s == NodeStatus::Down)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     async fn all_up(&self) -> bool {
         self.statuses().await.values().all(|s| *s == NodeStatus::Up)
     }
@@ -240,12 +249,7 @@ async fn run(seed: u64, ops: usize) {
                 }
             }
             82..=88 => {
-                let statuses = run.statuses().await;
-                let down: Vec<&NodeId> = statuses
-                    .iter()
-                    .filter(|(_, s)| **s == NodeStatus::Down)
-                    .map(|(n, _)| n)
-                    .collect();
+                let down = run.down_nodes().await;
                 if !down.is_empty() {
                     let node = down[rng.random_range(0..down.len())].clone();
                     replicator
@@ -261,16 +265,11 @@ async fn run(seed: u64, ops: usize) {
             89..=90 => {
                 // A disk replaced by an empty one, safe only when every other
                 // node is up and settled and each reading has a second copy.
-                let statuses = run.statuses().await;
-                let down: Vec<&NodeId> = statuses
-                    .iter()
-                    .filter(|(_, s)| **s == NodeStatus::Down)
-                    .map(|(n, _)| n)
-                    .collect();
+                let down = run.down_nodes().await;
                 let copies = replicator.placement().copies();
                 if down.len() == 1 && copies >= 2 && replicator.is_settled().await.expect("settled")
                 {
-                    run.cluster.nodes[down[0]].wipe();
+                    run.cluster.nodes[&down[0]].wipe();
                     run.wiped = Some(down[0].clone());
                     run.count("wipe");
                 }

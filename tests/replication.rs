@@ -300,14 +300,7 @@ async fn recovery_repairs_writes_that_were_never_hinted() {
         r.fail(&other).await.expect("fail");
     }
     assert_eq!(r.get(&key("s0", 0)).await.expect("get"), None);
-    assert_eq!(
-        r.get(&key("s3", 3))
-            .await
-            .expect("get")
-            .expect("found")
-            .value,
-        3.0
-    );
+    assert_eq!(value_of(&r, &key("s3", 3)).await, Some(3.0));
     r.close().await;
 }
 
@@ -409,11 +402,7 @@ async fn rebalancing_moves_data_and_never_fails_a_read() {
 
     c.replicator.start_background();
     let r = c.replicator.clone();
-    wait_until(Duration::from_secs(20), || {
-        let r = r.clone();
-        async move { r.is_settled().await.expect("settled") }
-    })
-    .await;
+    wait_settled(&r).await;
     for node in c.nodes.values() {
         assert_eq!(
             node.scan(everything()).await.expect("scan").len(),
@@ -428,11 +417,7 @@ async fn rebalancing_moves_data_and_never_fails_a_read() {
         .configure(settings(StrategyKind::Consistent, 1, 1))
         .await
         .expect("configure");
-    wait_until(Duration::from_secs(20), || {
-        let r = r.clone();
-        async move { r.is_settled().await.expect("settled") }
-    })
-    .await;
+    wait_settled(&r).await;
     let mut total = 0;
     for node in c.nodes.values() {
         let records = node.scan(everything()).await.expect("scan");
@@ -499,20 +484,9 @@ async fn configuration_and_data_survive_a_restart() {
         "the interrupted move resumes"
     );
     r.start_background();
-    wait_until(Duration::from_secs(20), || {
-        let r = r.clone();
-        async move { r.is_settled().await.expect("settled") }
-    })
-    .await;
+    wait_settled(&r).await;
     assert!(r.node_reports().await.iter().all(|n| n.keys == Some(1)));
-    assert_eq!(
-        r.get(&key("s1", 0))
-            .await
-            .expect("get")
-            .expect("found")
-            .value,
-        1.0
-    );
+    assert_eq!(value_of(&r, &key("s1", 0)).await, Some(1.0));
     r.close().await;
 }
 
@@ -529,11 +503,7 @@ async fn adding_a_node_in_the_configuration_rebalances_onto_it() {
     }
     let r = sqlite_cluster(dir.path(), 4, settings(StrategyKind::Consistent, 1, 1)).await;
     r.start_background();
-    wait_until(Duration::from_secs(30), || {
-        let r = r.clone();
-        async move { r.is_settled().await.expect("settled") }
-    })
-    .await;
+    wait_settled(&r).await;
     let reports = r.node_reports().await;
     let keys: Vec<u64> = reports.iter().map(|n| n.keys.expect("counted")).collect();
     assert_eq!(keys.iter().sum::<u64>(), 2_000);

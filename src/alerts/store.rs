@@ -155,10 +155,7 @@ fn decode_alert(row: &Row<'_>) -> StorageResult<Alert> {
 
 impl AlertStore {
     pub(super) fn open(dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        crate::storage::ensure_dir(dir)?;
         let path = dir.join("alerts.sqlite3");
         let connection = open_connection(&path, synchronous)?;
         connection.execute_batch(SCHEMA)?;

@@ -113,10 +113,7 @@ pub struct MetaStore {
 
 impl MetaStore {
     pub fn open(dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        crate::storage::ensure_dir(dir)?;
         let path = dir.join("cluster.sqlite3");
         let connection = open_connection(&path, synchronous)?;
         connection.execute_batch(SCHEMA)?;

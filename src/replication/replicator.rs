@@ -470,12 +470,29 @@ impl Replicator {
         {
             return self.get_repairing(key).await;
         }
+        let record = self
+            .ask_first_live_replica(&key.sensor, |node| async move { node.get(key).await })
+            .await?;
+        Ok(record.and_then(|r| r.sample))
+    }
+
+    /// Asks the live replicas of `sensor` in preference order until one
+    /// answers; unavailable if none is up or all fail.
+    async fn ask_first_live_replica<'a, T, F, Fut>(
+        &self,
+        sensor: &SensorId,
+        mut ask: F,
+    ) -> ReplicationResult<T>
+    where
+        F: FnMut(Arc<dyn StorageNode>) -> Fut,
+        Fut: std::future::Future<Output = StorageResult<T>> + 'a,
+    {
         let mut last_error = None;
-        for (id, node) in self.readers_for(&key.sensor)? {
-            match node.get(key).await {
-                Ok(record) => return Ok(record.and_then(|r| r.sample)),
+        for (id, node) in self.readers_for(sensor)? {
+            match ask(node).await {
+                Ok(answer) => return Ok(answer),
                 Err(error) => {
-                    tracing::warn!(node = %id, %key, %error, "read failed; trying the next replica");
+                    tracing::warn!(node = %id, %sensor, %error, "read failed; trying the next replica");
                     last_error = Some(error);
                 }
             }
@@ -551,22 +568,11 @@ impl Replicator {
             tombstones: false,
             ..scan
         };
-        let mut last_error = None;
-        for (id, node) in self.readers_for(sensor)? {
-            match node.scan(scan.clone()).await {
-                Ok(records) => return Ok(records),
-                Err(error) => {
-                    tracing::warn!(node = %id, %error, "scan failed; trying the next replica");
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(last_error
-            .map(ReplicationError::from)
-            .unwrap_or(ReplicationError::Unavailable {
-                required: 1,
-                available: 0,
-            }))
+        self.ask_first_live_replica(sensor, |node| {
+            let scan = scan.clone();
+            async move { node.scan(scan).await }
+        })
+        .await
     }
 
     /// A scan over all sensors: each live node is read page by page and the

@@ -164,6 +164,14 @@ impl From<rusqlite::types::FromSqlError> for StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// Creates `dir` (and its parents) if needed.
+pub(crate) fn ensure_dir(dir: &std::path::Path) -> StorageResult<()> {
+    std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
 /// A place that durably stores versioned records.
 #[async_trait]
 pub trait StorageNode: Send + Sync + 'static {

@@ -243,10 +243,7 @@ pub struct SqliteNode {
 impl SqliteNode {
     /// Opens (or creates) `<dir>/<id>.sqlite3`.
     pub fn open(id: NodeId, dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        crate::storage::ensure_dir(dir)?;
         let path = dir.join(format!("{id}.sqlite3"));
         let connection = open_connection(&path, synchronous)?;
         connection.execute_batch(SCHEMA)?;

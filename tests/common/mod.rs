@@ -113,3 +113,18 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Waits until the replicator has no data left to move or clean up.
+pub async fn wait_settled(replicator: &Arc<Replicator>) {
+    let r = replicator.clone();
+    wait_until(Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { r.is_settled().await.expect("settled") }
+    })
+    .await;
+}
+
+/// The value stored under `key`, through the replicator.
+pub async fn value_of(replicator: &Replicator, key: &Key) -> Option<f64> {
+    replicator.get(key).await.expect("get").map(|s| s.value)
+}
