@@ -600,6 +600,34 @@ async fn the_spec_alert_example_end_to_end() {
 }
 
 #[tokio::test]
+async fn a_burst_of_concurrent_out_of_range_readings_is_one_episode() {
+    let (_dir, s) = service();
+    s.post("/set_threshold", json!({"sensor_id": "hot", "max": 10}))
+        .await;
+    let requests = (0..1_000).map(|i| {
+        let (client, url) = (s.http.clone(), s.url.clone());
+        tokio::spawn(async move {
+            let body = json!({"sensor_id": "hot", "timestamp": (T0 + i) as f64 / 1000.0, "value": 20.0 + i as f64});
+            client.post(format!("{url}/ingest")).bearer_auth(WRITE_TOKEN).json(&body).send().await.map(|r| r.status())
+        })
+    });
+    for request in futures::future::join_all(requests).await {
+        assert_eq!(
+            request.expect("task").expect("request"),
+            StatusCode::CREATED
+        );
+    }
+    let (_, alerts) = s.get("/alerts?sensor_id=hot").await;
+    assert_eq!(
+        alerts.as_array().map(Vec::len),
+        Some(1),
+        "one episode: {alerts}"
+    );
+    assert_eq!(alerts[0]["state"], "firing");
+    assert_eq!(alerts[0]["peak"], 1_019.0);
+}
+
+#[tokio::test]
 async fn replication_can_be_read_and_changed() {
     let (_dir, s) = service();
     let (_, current) = s.get("/replication").await;

@@ -2,7 +2,7 @@
 //! injection and recovery, placement look-ups, health and metrics.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::{Admin, Authorized, Reader};
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathText};
 use crate::reading::{InvalidInput, Key, reject_unknown_fields};
 use crate::replication::{
     NodeReport, NodeStatus, RecoveryReport, ReplicationSettings, StrategyKind,
@@ -91,7 +91,7 @@ pub async fn nodes_status(
 pub async fn fail_node(
     State(state): State<AppState>,
     _: Authorized<Admin>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Result<Json<Value>, ApiError> {
     let id = state.replicator.node_id(&id)?;
     state.replicator.fail(&id).await?;
@@ -101,7 +101,7 @@ pub async fn fail_node(
 pub async fn recover_node(
     State(state): State<AppState>,
     _: Authorized<Admin>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Result<Json<RecoveryReport>, ApiError> {
     let id = state.replicator.node_id(&id)?;
     Ok(Json(state.replicator.recover(&id).await?))
@@ -110,7 +110,7 @@ pub async fn recover_node(
 pub async fn replica_nodes(
     State(state): State<AppState>,
     _: Authorized<Reader>,
-    Path(key): Path<String>,
+    PathText(key): PathText,
 ) -> Result<Json<Value>, ApiError> {
     let key: Key = key.parse()?;
     let strategy = state.replicator.placement().settings().strategy;

@@ -1,13 +1,13 @@
 //! Handlers for thresholds and alerts.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::{Authorized, Reader, Writer};
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PathText, QueryParams};
 use super::readings::now_ms;
 use crate::alerts::AlertQuery;
 use crate::alerts::engine::{Alert, AlertState, Threshold};
@@ -90,7 +90,7 @@ pub async fn thresholds(
 pub async fn delete_threshold(
     State(state): State<AppState>,
     _: Authorized<Writer>,
-    Path(sensor): Path<String>,
+    PathText(sensor): PathText,
 ) -> Result<Json<Value>, ApiError> {
     let sensor: SensorId = sensor.parse()?;
     match state.alerts.remove_threshold(&sensor, now_ms()).await? {

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -108,5 +109,20 @@ impl QueryParams {
             Err(_) => parse_timestamp_str(text),
         };
         parsed.map(Some).map_err(|e| ApiError::bad(name, e.reason))
+    }
+}
+
+/// The one path parameter of a route, as text. A segment that is not valid
+/// UTF-8 gets our JSON 400 instead of axum's plain-text one.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(text)| PathText(text))
+            .map_err(|rejection| ApiError::bad("path", rejection.body_text()))
     }
 }

@@ -1,7 +1,7 @@
 //! Handlers for readings: ingest, point reads and writes, listing, history.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::{Authorized, Reader, Writer};
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PathText, QueryParams};
 use crate::history::{self, Aggregate, Bucket};
 use crate::reading::{
     Key, Measurement, SensorId, format_timestamp, parse_reading, parse_unit, parse_value,
@@ -87,7 +87,7 @@ fn rejected(count: usize) {
 pub async fn get_measurement(
     State(state): State<AppState>,
     _: Authorized<Reader>,
-    Path(key): Path<String>,
+    PathText(key): PathText,
 ) -> Result<Json<Measurement>, ApiError> {
     let key = parse_key(&key)?;
     match state.replicator.get(&key).await? {
@@ -99,7 +99,7 @@ pub async fn get_measurement(
 pub async fn update_measurement(
     State(state): State<AppState>,
     _: Authorized<Writer>,
-    Path(key): Path<String>,
+    PathText(key): PathText,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Measurement>, ApiError> {
     let key = parse_key(&key)?;
@@ -123,7 +123,7 @@ pub async fn update_measurement(
 pub async fn delete_measurement(
     State(state): State<AppState>,
     _: Authorized<Writer>,
-    Path(key): Path<String>,
+    PathText(key): PathText,
 ) -> Result<Json<Value>, ApiError> {
     let key = parse_key(&key)?;
     if state.replicator.delete(&key).await? {
@@ -157,7 +157,7 @@ pub async fn list_measurements(
 pub async fn history(
     State(state): State<AppState>,
     _: Authorized<Reader>,
-    Path(sensor): Path<String>,
+    PathText(sensor): PathText,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let sensor: SensorId = sensor.parse()?;
