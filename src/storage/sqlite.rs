@@ -303,6 +303,8 @@ impl RecordDecoder {
 }
 
 const COLUMNS: &str = "sensor, ts, version, value, unit";
+const GET: &str =
+    "SELECT sensor, ts, version, value, unit FROM readings WHERE sensor = ?1 AND ts = ?2";
 
 fn scan_sql(scan: &Scan) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value as V;
@@ -356,11 +358,13 @@ impl StorageNode for SqliteNode {
 
     async fn get(&self, key: &Key) -> StorageResult<Option<Record>> {
         self.readers.read_inline(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM readings WHERE sensor = ?1 AND ts = ?2"
-            ))?;
+            let mut stmt = c.prepare_cached(GET)?;
             let mut rows = stmt.query(params![key.sensor.as_str(), key.timestamp_ms])?;
-            let mut decoder = RecordDecoder::new();
+            // The key is known: seed the decoder with its sensor instead of
+            // parsing the stored text again.
+            let mut decoder = RecordDecoder {
+                last_sensor: Some(key.sensor.clone()),
+            };
             rows.next()?.map(|row| decoder.decode(row)).transpose()
         })
     }
