@@ -63,6 +63,15 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     pub client_id: String,
     pub share_group: String,
+    /// The embedded broker's in-memory window per subscription, in MiB: a
+    /// subscriber further behind than this loses messages.
+    pub broker_memory_mb: usize,
+    /// Largest MQTT message accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Messages stored (and acknowledged) together at most.
+    pub batch_messages: usize,
+    /// How long a batch waits for more messages, in milliseconds.
+    pub batch_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +155,10 @@ impl Default for MqttConfig {
             topic_prefix: "energyguard".into(),
             client_id: "energyguard".into(),
             share_group: String::new(),
+            broker_memory_mb: 512,
+            max_payload_bytes: 1024 * 1024,
+            batch_messages: 1_000,
+            batch_interval_ms: 20,
         }
     }
 }
@@ -256,6 +269,24 @@ impl Config {
         }
         if self.mqtt.client_id.is_empty() {
             return Err(ConfigError::invalid("mqtt.client_id", "must not be empty"));
+        }
+        if self.mqtt.broker_memory_mb < 16 {
+            return Err(ConfigError::invalid(
+                "mqtt.broker_memory_mb",
+                "must be at least 16",
+            ));
+        }
+        if self.mqtt.max_payload_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "mqtt.max_payload_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.mqtt.batch_messages == 0 {
+            return Err(ConfigError::invalid(
+                "mqtt.batch_messages",
+                "must be at least 1",
+            ));
         }
         if !self.mqtt.embedded && self.mqtt.url.is_none() {
             return Err(ConfigError::invalid(

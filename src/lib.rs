@@ -23,6 +23,7 @@ pub mod config;
 pub mod history;
 pub mod http;
 pub mod ingest;
+pub mod mqtt;
 pub mod reading;
 pub mod replication;
 pub mod server;

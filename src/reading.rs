@@ -236,6 +236,14 @@ fn serialize_millis<S: Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::
     serializer.serialize_str(&format_timestamp(*ms))
 }
 
+/// The current time in epoch milliseconds (the time of receipt of a reading).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// RFC 3339 UTC with milliseconds, e.g. `2025-07-05T18:00:00.000Z`.
 pub fn format_timestamp(ms: i64) -> String {
     match Utc.timestamp_millis_opt(ms).single() {

@@ -2,9 +2,11 @@
 //! API until the shutdown future resolves, then tears down in order.
 //!
 //! Start: storage nodes and cluster state (the replicator), alerts, auth,
-//! then the HTTP listener. Stop (SIGTERM, Ctrl-C): stop accepting requests
-//! and let in-flight ones finish, stop background work, then flush and
-//! close the alert store and every storage node. Each step is logged.
+//! the MQTT broker (when embedded) and consumer, then the HTTP listener.
+//! Stop (SIGTERM, Ctrl-C): stop accepting requests and let in-flight ones
+//! finish; stop MQTT intake, storing and acknowledging what was received;
+//! then flush and close the alert store and every storage node. Each step
+//! is logged.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +19,9 @@ use crate::config::{API_TOKEN_ENV, Config};
 use crate::http::auth::{Auth, GeneratedToken};
 use crate::http::{AppState, router};
 use crate::ingest::Ingestor;
+use crate::mqtt::Topics;
+use crate::mqtt::broker::{self, BrokerSettings};
+use crate::mqtt::consumer::{self, ConsumerSettings, ConsumerStatus};
 use crate::replication::{PlacementSpec, ReplicationError, Replicator};
 use crate::storage::StorageError;
 
@@ -35,6 +40,10 @@ pub enum ServeError {
     Replication(#[from] ReplicationError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::mqtt::broker::BrokerError),
+    #[error(transparent)]
+    MqttUrl(#[from] crate::mqtt::consumer::UrlError),
 }
 
 /// One Prometheus recorder per process (the `metrics` facade is global).
@@ -104,11 +113,9 @@ pub async fn run(
         }
         GeneratedToken::None => {}
     }
-    if config.mqtt.embedded || config.mqtt.url.is_some() {
-        tracing::warn!(
-            "MQTT ingestion is not part of this build yet: readings are accepted over HTTP only"
-        );
-    }
+    let (stop_mqtt, mqtt_stopping) = tokio::sync::watch::channel(false);
+    let (mqtt_status, consumer) =
+        start_mqtt(&config.mqtt, ingestor.clone(), &alerts, mqtt_stopping)?;
 
     let state = AppState {
         replicator: replicator.clone(),
@@ -116,6 +123,7 @@ pub async fn run(
         alerts: alerts.clone(),
         auth: Arc::new(auth),
         metrics: metrics_handle(),
+        mqtt: Some(mqtt_status),
     };
     let app = router(state, config.http.max_body_bytes);
     let local = listener.local_addr()?;
@@ -126,10 +134,60 @@ pub async fn run(
             tracing::info!("shutdown: no new requests; finishing requests in flight");
         })
         .await?;
+    tracing::info!("shutdown: stopping MQTT intake; storing and acknowledging what was received");
+    let _ = stop_mqtt.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(30), consumer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: the MQTT consumer did not finish within 30 s");
+    }
     tracing::info!("shutdown: closing the alert store");
     alerts.close().await;
     tracing::info!("shutdown: flushing and closing storage nodes");
     replicator.close().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Starts the embedded broker (when configured) and the consumer.
+fn start_mqtt(
+    mqtt: &crate::config::MqttConfig,
+    ingestor: Arc<Ingestor>,
+    alerts: &AlertService,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Arc<ConsumerStatus>, tokio::task::JoinHandle<()>), ServeError> {
+    if mqtt.embedded {
+        broker::start(&BrokerSettings {
+            listen: mqtt.listen,
+            max_payload_bytes: mqtt.max_payload_bytes,
+            memory_mb: mqtt.broker_memory_mb,
+        })?;
+    }
+    let url = match &mqtt.url {
+        Some(url) => url.clone(),
+        None => {
+            // An unspecified listen address (0.0.0.0) is reached on loopback.
+            let mut local = mqtt.listen;
+            if local.ip().is_unspecified() {
+                local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("mqtt://{local}")
+        }
+    };
+    let settings = ConsumerSettings {
+        url,
+        client_id: mqtt.client_id.clone(),
+        topics: Topics::new(&mqtt.topic_prefix),
+        share_group: mqtt.share_group.clone(),
+        batch_messages: mqtt.batch_messages,
+        batch_interval: std::time::Duration::from_millis(mqtt.batch_interval_ms),
+        max_packet_bytes: mqtt.max_payload_bytes + 1024,
+    };
+    Ok(consumer::spawn(
+        settings,
+        ingestor,
+        alerts.subscribe(),
+        stopping,
+    )?)
 }

@@ -42,7 +42,12 @@ pub struct AlertService {
     /// concurrent batches for one sensor can never open two episodes or
     /// persist their changes out of order.
     inner: tokio::sync::Mutex<Inner>,
+    /// Every change, for publishers (MQTT). Sent under `inner`, so in order.
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
+
+/// Changes buffered for a slow subscriber before it starts missing some.
+const CHANGE_BUFFER: usize = 10_000;
 
 impl AlertService {
     pub async fn open(data_dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
@@ -67,6 +72,7 @@ impl AlertService {
                 thresholds,
                 sensors,
             }),
+            changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
         })
     }
 
@@ -104,6 +110,7 @@ impl AlertService {
             .remove_threshold(sensor.clone(), alerts_of(&changes))
             .await?;
         inner.thresholds.remove(sensor);
+        self.announce(&changes);
         Ok(Some(changes))
     }
 
@@ -157,7 +164,20 @@ impl AlertService {
         self.store
             .record(alerts_of(&changes), progress.into_iter().collect())
             .await?;
+        self.announce(&changes);
         Ok(changes)
+    }
+
+    /// Subscribes to every future change (fired, updated, resolved).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, changes: &[Change]) {
+        for change in changes {
+            // No subscriber is fine: nobody publishes alerts then.
+            let _ = self.changes.send(change.clone());
+        }
     }
 
     pub async fn alerts(&self, query: AlertQuery) -> StorageResult<Vec<Alert>> {

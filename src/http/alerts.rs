@@ -8,11 +8,10 @@ use super::AppState;
 use super::auth::{Authorized, Reader, Writer};
 use super::error::ApiError;
 use super::extract::{JsonBody, PathText, QueryParams};
-use super::readings::now_ms;
 use crate::alerts::AlertQuery;
 use crate::alerts::engine::{Alert, AlertState, Threshold};
 use crate::ingest::record_alert_metrics;
-use crate::reading::{InvalidInput, SensorId, parse_value, reject_unknown_fields};
+use crate::reading::{InvalidInput, SensorId, now_ms, parse_value, reject_unknown_fields};
 
 const ALERTS_DEFAULT: usize = 100;
 const ALERTS_MAX: usize = 10_000;

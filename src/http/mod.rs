@@ -38,6 +38,8 @@ pub struct AppState {
     pub alerts: Arc<AlertService>,
     pub auth: Arc<Auth>,
     pub metrics: PrometheusHandle,
+    /// The MQTT consumer's connection, when one runs.
+    pub mqtt: Option<Arc<crate::mqtt::consumer::ConsumerStatus>>,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, PathText, QueryParams};
 use crate::history::{self, Aggregate, Bucket};
 use crate::reading::{
-    Key, Measurement, SensorId, format_timestamp, parse_reading, parse_unit, parse_value,
+    Key, Measurement, SensorId, format_timestamp, now_ms, parse_reading, parse_unit, parse_value,
     reject_unknown_fields,
 };
 use crate::storage::{Record, Scan};
@@ -24,13 +24,6 @@ const LIST_MAX: usize = 100_000;
 const HISTORY_DEFAULT: usize = 100_000;
 const HISTORY_MAX: usize = 1_000_000;
 const DEFAULT_MAX_GAP_MS: i64 = 15 * 60_000;
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn parse_key(text: &str) -> Result<Key, ApiError> {
     Ok(text.parse::<Key>()?)

@@ -17,17 +17,28 @@ pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 pub struct Service {
     pub dir: PathBuf,
     pub url: String,
+    /// The embedded MQTT broker's port.
+    pub mqtt_port: u16,
     child: Child,
     /// Log lines after the address line, for tests that check the log.
     pub log: mpsc::Receiver<String>,
     pub http: reqwest::Client,
 }
 
-/// Writes a config with one token per role, plus `extra` TOML.
-pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+/// A port that was free a moment ago (rumqttd cannot report a port 0 back).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Writes a config with one token per role, the embedded broker on
+/// `mqtt_port`, plus `extra` TOML (which lands in the `[http]` section).
+pub fn write_config(dir: &Path, mqtt_port: u16, extra: &str) -> PathBuf {
     let path = dir.join("test.toml");
     let text = format!(
-        "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+        "data_dir = \"{data}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
          [[auth.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n\
          [[auth.tokens]]\ntoken = \"{WRITE_TOKEN}\"\nrole = \"write\"\n\
          [[auth.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n",
@@ -40,7 +51,8 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 impl Service {
     /// Starts the service in `dir` (reusing whatever data is there).
     pub fn start_in(dir: &Path, extra_config: &str) -> Self {
-        let config = write_config(dir, extra_config);
+        let mqtt_port = free_port();
+        let config = write_config(dir, mqtt_port, extra_config);
         let mut child = Command::new(env!("CARGO_BIN_EXE_energyguard"))
             .args(["serve", "--config"])
             .arg(&config)
@@ -76,6 +88,7 @@ impl Service {
         Self {
             dir: dir.to_path_buf(),
             url,
+            mqtt_port,
             child,
             log: log_rx,
             http: reqwest::Client::new(),

@@ -1,0 +1,100 @@
+//! The embedded MQTT broker (rumqttd), configured in code from our config.
+//!
+//! rumqttd has no stop API and its `start()` blocks forever, so it runs on
+//! its own OS thread for the life of the process. It only logs a failure to
+//! bind, so the port is checked first (for a clear start-up error) and
+//! readiness is probed by connecting to it.
+//!
+//! Its one sharp edge that loses data: a subscriber that falls further behind
+//! than the router's in-memory window (`max_segment_size × max_segment_count`)
+//! silently skips messages the publishers were already told were received.
+//! The window is sized from `mqtt.broker_memory_mb`; the consumer stays ahead
+//! of it by batching, and the README documents the limit.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Segments the window is split into.
+const SEGMENTS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "cannot start the embedded MQTT broker on {listen} (mqtt.listen): {reason}; \
+         free the port, change mqtt.listen, or use an external broker (mqtt.embedded = false, mqtt.url)"
+    )]
+    Listen { listen: SocketAddr, reason: String },
+}
+
+/// Limits of the embedded broker.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub listen: SocketAddr,
+    pub max_payload_bytes: usize,
+    /// The per-subscription in-memory window, in MiB.
+    pub memory_mb: usize,
+}
+
+fn config(settings: &BrokerSettings) -> Config {
+    let segment = (settings.memory_mb.max(SEGMENTS) * 1024 * 1024) / SEGMENTS;
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: settings.max_payload_bytes,
+        max_inflight_count: 1_000,
+        auth: None,
+        external_auth: None,
+        // Without this, publishes to a topic nobody subscribed to yet are
+        // acknowledged and dropped.
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4".into(),
+        listen: settings.listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 1_000,
+            max_segment_size: segment,
+            max_segment_count: SEGMENTS,
+            ..RouterConfig::default()
+        },
+        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        ..Config::default()
+    }
+}
+
+/// Starts the broker on its own thread and waits until it accepts
+/// connections.
+pub fn start(settings: &BrokerSettings) -> Result<(), BrokerError> {
+    let listen = settings.listen;
+    let error = |reason: String| BrokerError::Listen { listen, reason };
+    drop(TcpListener::bind(listen).map_err(|e| error(e.to_string()))?);
+    let config = config(settings);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            match broker.start() {
+                Ok(()) => tracing::error!("the embedded MQTT broker stopped"),
+                Err(error) => tracing::error!(%error, "the embedded MQTT broker failed"),
+            }
+        })
+        .map_err(|e| error(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(error("it did not accept connections within 10 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!(%listen, window_mb = settings.memory_mb, "embedded MQTT broker listening");
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! The MQTT consumer: subscribes to `P/readings/+` with a persistent session
+//! and QoS 1, stores what arrives through the same [`Ingestor`] as HTTP, and
+//! acknowledges each message only after its readings are stored on the write
+//! quorum, strictly in the order received (rumqttd pops its in-flight queue
+//! head whatever packet id an ack names, so an out-of-order ack loses a
+//! message). It also publishes alert changes to `P/alerts/<sensor>`.
+//!
+//! Three tasks, joined by channels:
+//! * the poll loop drives the connection (nothing reaches the wire unless
+//!   `poll()` runs), resubscribes on every ConnAck, backs off on errors, and
+//!   hands publishes to the writer; it never awaits a client request, which
+//!   can deadlock when the request channel is full;
+//! * the writer batches messages (up to `batch_messages` messages or
+//!   `batch_interval`), stores valid readings in one ingest, publishes dead
+//!   letters for the rest, then acks the whole batch in order. While the
+//!   write quorum is unmet it retries and acks nothing, so the broker keeps
+//!   (and after a restart redelivers) the messages;
+//! * the alert publisher sends fired and resolved alerts, QoS 1, retained.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{Topics, dead_letter};
+use crate::alerts::engine::{Change, Transition};
+use crate::ingest::Ingestor;
+use crate::reading::{Reading, now_ms};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[error("mqtt.url {url:?}: {reason}")]
+pub struct UrlError {
+    url: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// `mqtt://[user[:password]@]host[:port]`.
+    pub url: String,
+    pub client_id: String,
+    pub topics: Topics,
+    pub share_group: String,
+    /// Messages stored per batch at most.
+    pub batch_messages: usize,
+    pub batch_interval: Duration,
+    pub max_packet_bytes: usize,
+}
+
+/// Whether the consumer is connected, for `/healthz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConsumerStatus {
+    connected: AtomicBool,
+}
+
+impl ConsumerStatus {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        metrics::gauge!("energyguard_mqtt_connected").set(if connected { 1.0 } else { 0.0 });
+    }
+}
+
+fn options(settings: &ConsumerSettings) -> Result<MqttOptions, UrlError> {
+    let error = |reason: &str| UrlError {
+        url: settings.url.clone(),
+        reason: reason.into(),
+    };
+    let url = url::Url::parse(&settings.url).map_err(|e| error(&e.to_string()))?;
+    if !matches!(url.scheme(), "mqtt" | "tcp") {
+        return Err(error("the scheme must be mqtt:// or tcp://"));
+    }
+    let host = url.host_str().ok_or_else(|| error("a host is required"))?;
+    let mut options =
+        MqttOptions::new(settings.client_id.clone(), host, url.port().unwrap_or(1883));
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1_000)
+        .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
+    if !url.username().is_empty() {
+        let decode = |s: &str| percent_decode(s);
+        options.set_credentials(decode(url.username()), decode(url.password().unwrap_or("")));
+    }
+    Ok(options)
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Starts the consumer's tasks. They stop when `shutdown` turns true, after
+/// storing and acknowledging everything already received.
+pub fn spawn(
+    settings: ConsumerSettings,
+    ingestor: Arc<Ingestor>,
+    alerts: broadcast::Receiver<Change>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<ConsumerStatus>, JoinHandle<()>), UrlError> {
+    let options = options(&settings)?;
+    let (client, eventloop) = AsyncClient::new(options, 10_000);
+    let status = Arc::new(ConsumerStatus::default());
+    let (messages, inbox) = mpsc::unbounded_channel();
+    let filter = settings.topics.readings_filter(&settings.share_group);
+    let poller = tokio::spawn(poll_loop(
+        eventloop,
+        client.clone(),
+        filter,
+        messages,
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let writer = tokio::spawn(writer(
+        settings.clone(),
+        client.clone(),
+        ingestor,
+        inbox,
+        shutdown.clone(),
+    ));
+    let publisher = tokio::spawn(publish_alerts(
+        settings.topics,
+        client.clone(),
+        alerts,
+        shutdown,
+    ));
+    let handle = tokio::spawn(async move {
+        let _ = writer.await;
+        let _ = publisher.await;
+        // Give the poll loop a moment to put the last acks on the wire.
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+    });
+    Ok((status, handle))
+}
+
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    messages: mpsc::UnboundedSender<Publish>,
+    status: Arc<ConsumerStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = shutdown.changed(), if !*shutdown.borrow() => continue,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                status.set(true);
+                backoff = Duration::from_millis(100);
+                tracing::info!(%filter, "MQTT connected; subscribing");
+                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(%error, "MQTT subscribe request failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if *shutdown.borrow() || messages.send(publish).is_err() {
+                    // Stopping: not stored, not acknowledged; the broker keeps it.
+                    continue;
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(error) => {
+                status.set(false);
+                if *shutdown.borrow() {
+                    return;
+                }
+                tracing::warn!(%error, retry_in = ?backoff, "MQTT connection lost");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn writer(
+    settings: ConsumerSettings,
+    client: AsyncClient,
+    ingestor: Arc<Ingestor>,
+    mut inbox: mpsc::UnboundedReceiver<Publish>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            message = inbox.recv() => message,
+            _ = wait_for(shutdown.clone()) => {
+                // Stopping: store and acknowledge what was already received.
+                inbox.close();
+                inbox.recv().await
+            }
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + settings.batch_interval;
+        while batch.len() < settings.batch_messages {
+            match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                Ok(Some(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        store_batch(&settings, &client, &ingestor, batch).await;
+    }
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Stores a batch, publishes its dead letters, then acks it in order.
+async fn store_batch(
+    settings: &ConsumerSettings,
+    client: &AsyncClient,
+    ingestor: &Ingestor,
+    batch: Vec<Publish>,
+) {
+    let received = now_ms();
+    let mut readings: Vec<Reading> = Vec::new();
+    let mut dead = Vec::new();
+    for message in &batch {
+        match settings
+            .topics
+            .parse_message(&message.topic, &message.payload, received)
+        {
+            Ok(parsed) => readings.extend(parsed),
+            Err(error) => dead.push(dead_letter(&message.topic, &message.payload, &error)),
+        }
+    }
+    let mut wait = Duration::from_millis(200);
+    while !readings.is_empty() {
+        match ingestor.ingest(readings.clone()).await {
+            Ok(_) => break,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?wait, "MQTT readings not stored yet; they stay unacknowledged");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    for letter in dead {
+        metrics::counter!("energyguard_mqtt_dead_letters_total").increment(1);
+        tracing::warn!(topic = %letter["topic"], error = %letter["error"], "MQTT dead letter");
+        if let Err(error) = client
+            .publish(
+                settings.topics.deadletter(),
+                QoS::AtLeastOnce,
+                false,
+                letter.to_string(),
+            )
+            .await
+        {
+            tracing::error!(%error, "publishing a dead letter failed");
+        }
+    }
+    metrics::counter!("energyguard_mqtt_messages_total").increment(batch.len() as u64);
+    for message in &batch {
+        if let Err(error) = client.ack(message).await {
+            tracing::error!(%error, "MQTT ack failed; the broker will redeliver");
+        }
+    }
+}
+
+async fn publish_alerts(
+    topics: Topics,
+    client: AsyncClient,
+    mut alerts: broadcast::Receiver<Change>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let change = tokio::select! {
+            change = alerts.recv() => change,
+            _ = wait_for(shutdown.clone()) => return,
+        };
+        match change {
+            Ok(change) if change.transition != Transition::Updated => {
+                let topic = topics.alerts(&change.alert.sensor_id);
+                let payload = serde_json::to_string(&change.alert).unwrap_or_default();
+                if let Err(error) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+                    tracing::error!(%error, "publishing an alert failed");
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "the alert publisher fell behind; some alert changes were not published"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

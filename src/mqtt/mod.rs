@@ -1,0 +1,185 @@
+//! MQTT (SPEC §4): the embedded broker ([`broker`]), the consumer that turns
+//! published readings into stored ones and publishes alerts ([`consumer`]),
+//! and here the pure parts: topic names and payload parsing.
+//!
+//! Readings arrive on `P/readings/<sensor_id>` as a JSON reading object, a
+//! JSON array of them, or a bare number. Anything that cannot be stored goes
+//! to `P/deadletter` as `{"topic", "payload", "error"}`.
+
+pub mod broker;
+pub mod consumer;
+
+use serde_json::Value;
+
+use crate::reading::{Key, Reading, Sample, SensorId, parse_reading};
+
+/// Readings in one MQTT message at most (the HTTP batch limit too).
+pub const MAX_READINGS_PER_MESSAGE: usize = 10_000;
+
+/// The topics under a prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The subscription filter for readings, through a shared subscription
+    /// when `share_group` is not empty.
+    pub fn readings_filter(&self, share_group: &str) -> String {
+        if share_group.is_empty() {
+            format!("{}/readings/+", self.prefix)
+        } else {
+            format!("$share/{share_group}/{}/readings/+", self.prefix)
+        }
+    }
+
+    pub fn deadletter(&self) -> String {
+        format!("{}/deadletter", self.prefix)
+    }
+
+    pub fn alerts(&self, sensor: &SensorId) -> String {
+        format!("{}/alerts/{sensor}", self.prefix)
+    }
+
+    /// The sensor named by a readings topic.
+    pub fn sensor_of(&self, topic: &str) -> Result<SensorId, String> {
+        let sensor = topic
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix("/readings/"))
+            .ok_or_else(|| {
+                format!(
+                    "topic {topic:?} is not {}/readings/<sensor_id>",
+                    self.prefix
+                )
+            })?;
+        sensor
+            .parse::<SensorId>()
+            .map_err(|e| format!("topic {topic:?}: {e}"))
+    }
+
+    /// Parses one message into readings, or says why it cannot be stored.
+    pub fn parse_message(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        received_ms: i64,
+    ) -> Result<Vec<Reading>, String> {
+        let sensor = self.sensor_of(topic)?;
+        let text =
+            std::str::from_utf8(payload).map_err(|e| format!("payload is not UTF-8: {e}"))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
+        match value {
+            Value::Number(n) => {
+                let value = crate::reading::parse_value("value", &Value::Number(n))
+                    .map_err(|e| e.to_string())?;
+                Ok(vec![Reading {
+                    key: Key::new(sensor, received_ms),
+                    sample: Sample { value, unit: None },
+                }])
+            }
+            Value::Array(items) => {
+                if items.len() > MAX_READINGS_PER_MESSAGE {
+                    return Err(format!(
+                        "at most {MAX_READINGS_PER_MESSAGE} readings per message"
+                    ));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        parse_reading(item, Some(&sensor), received_ms)
+                            .map_err(|e| format!("[{i}].{e}"))
+                    })
+                    .collect()
+            }
+            object @ Value::Object(_) => Ok(vec![
+                parse_reading(&object, Some(&sensor), received_ms).map_err(|e| e.to_string())?,
+            ]),
+            _ => Err("payload must be a reading object, an array of them, or a number".into()),
+        }
+    }
+}
+
+/// The dead letter for a message that could not be stored.
+pub fn dead_letter(topic: &str, payload: &[u8], error: &str) -> Value {
+    serde_json::json!({
+        "topic": topic,
+        "payload": String::from_utf8_lossy(payload),
+        "error": error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_751_738_400_000;
+
+    #[test]
+    fn every_payload_form() {
+        let topics = Topics::new("eg");
+        let one = topics
+            .parse_message("eg/readings/m1", br#"{"value": 2.5, "unit": "W"}"#, NOW)
+            .expect("object");
+        assert_eq!(
+            (one[0].key.to_string(), one[0].sample.value),
+            ("m1:1751738400000".into(), 2.5)
+        );
+        let many = topics
+            .parse_message(
+                "eg/readings/m1",
+                br#"[{"value": 1, "timestamp": 1751738401}, {"sensor_id": "m1", "value": 2}]"#,
+                NOW,
+            )
+            .expect("array");
+        assert_eq!(many.len(), 2);
+        let bare = topics
+            .parse_message("eg/readings/m1", b"42", NOW)
+            .expect("number");
+        assert_eq!(
+            (bare[0].key.timestamp_ms, bare[0].sample.value),
+            (NOW, 42.0)
+        );
+    }
+
+    #[test]
+    fn bad_messages_say_why() {
+        let topics = Topics::new("eg");
+        for (topic, payload, needle) in [
+            ("eg/readings/m1", &b"{not json"[..], "not JSON"),
+            ("eg/readings/m1", &b"\xff\xfe"[..], "UTF-8"),
+            ("eg/readings/m1", &br#"{"value": "x"}"#[..], "value"),
+            (
+                "eg/readings/m1",
+                &br#"{"sensor_id": "other", "value": 1}"#[..],
+                "does not match",
+            ),
+            ("eg/readings/bad id", &b"1"[..], "sensor_id"),
+            ("eg/other/m1", &b"1"[..], "is not eg/readings"),
+            ("eg/readings/m1", &b"\"text\""[..], "must be"),
+        ] {
+            let error = topics.parse_message(topic, payload, NOW).expect_err(needle);
+            assert!(error.contains(needle), "{topic} {payload:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn filters_and_topics() {
+        let topics = Topics::new("energyguard");
+        assert_eq!(topics.readings_filter(""), "energyguard/readings/+");
+        assert_eq!(
+            topics.readings_filter("g1"),
+            "$share/g1/energyguard/readings/+"
+        );
+        assert_eq!(topics.deadletter(), "energyguard/deadletter");
+        let letter = dead_letter("t", b"\xffx", "bad");
+        assert_eq!(letter["error"], "bad");
+    }
+}

@@ -1,0 +1,244 @@
+//! MQTT ingestion end to end: the real binary with its embedded broker on a
+//! free port, and an ordinary MQTT client (rumqttc) as sensor and observer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::service::*;
+use reqwest::{Method, StatusCode};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const T0: i64 = 1_751_738_400_000;
+
+/// A connected client and the publishes it receives.
+struct Client {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<Publish>,
+}
+
+async fn connect(port: u16, name: &str, subscribe: &[&str]) -> Client {
+    let mut options = MqttOptions::new(name, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 1_000);
+    let (tx, received) = mpsc::unbounded_channel();
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_)))
+                | Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    ready.recv().await.expect("connected");
+    for topic in subscribe {
+        client
+            .subscribe(*topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        ready.recv().await.expect("subscribed");
+    }
+    Client { client, received }
+}
+
+impl Client {
+    async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    async fn next(&mut self) -> Publish {
+        tokio::time::timeout(Duration::from_secs(20), self.received.recv())
+            .await
+            .expect("a message within 20 s")
+            .expect("channel open")
+    }
+}
+
+async fn wait_for_count(s: &Service, path: &str, count: usize) -> Value {
+    for _ in 0..400 {
+        let (status, body) = s.get(path).await;
+        if status == StatusCode::OK && body.as_array().map(Vec::len) == Some(count) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never had {count} items: {:?}", s.get(path).await);
+}
+
+#[tokio::test]
+async fn every_payload_form_lands_in_history_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    meter
+        .publish(
+            "energyguard/readings/m1",
+            json!({"timestamp": T0 / 1000, "value": 1.5, "unit": "W"}).to_string(),
+        )
+        .await;
+    meter
+        .publish(
+            "energyguard/readings/m1",
+            json!([{"timestamp": (T0 + 1_000) / 1000, "value": 2}, {"sensor_id": "m1", "timestamp": (T0 + 2_000) / 1000, "value": 3}]).to_string(),
+        )
+        .await;
+    meter.publish("energyguard/readings/m1", "4.25").await;
+    // The same reading again, as a redelivery would bring it.
+    meter
+        .publish(
+            "energyguard/readings/m1",
+            json!({"timestamp": T0 / 1000, "value": 1.5, "unit": "W"}).to_string(),
+        )
+        .await;
+
+    let history = wait_for_count(&s, "/sensor/m1/history", 4).await;
+    let values: Vec<f64> = history
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["value"].as_f64().expect("value"))
+        .collect();
+    assert_eq!(&values[..3], &[1.5, 2.0, 3.0]);
+    assert_eq!(
+        values[3], 4.25,
+        "a bare number is stored at the time of receipt"
+    );
+    assert_eq!(history[0]["unit"], "W");
+}
+
+#[tokio::test]
+async fn bad_payloads_go_to_the_dead_letter_topic_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let mut watcher = connect(s.mqtt_port, "watcher", &["energyguard/deadletter"]).await;
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("energyguard/readings/m1", b"{not json".to_vec(), "not JSON"),
+        ("energyguard/readings/m1", vec![0xff, 0xfe, 0x31], "UTF-8"),
+        (
+            "energyguard/readings/m1",
+            br#"{"value": "high"}"#.to_vec(),
+            "value",
+        ),
+        (
+            "energyguard/readings/m1",
+            br#"{"sensor_id": "m2", "value": 1}"#.to_vec(),
+            "does not match",
+        ),
+        ("energyguard/readings/bad%id", b"1".to_vec(), "sensor_id"),
+    ];
+    for (topic, payload, _) in &cases {
+        meter.publish(topic, payload.clone()).await;
+    }
+    for (topic, _, needle) in &cases {
+        let letter: Value =
+            serde_json::from_slice(&watcher.next().await.payload).expect("JSON dead letter");
+        assert_eq!(letter["topic"], *topic);
+        let error = letter["error"].as_str().expect("error text");
+        assert!(error.contains(needle), "{topic}: {error}");
+        assert!(letter.get("payload").is_some());
+    }
+    assert_eq!(s.get("/measurements").await.1, json!([]), "nothing stored");
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("energyguard_mqtt_dead_letters_total 5"),
+        "{metrics}"
+    );
+    let (_, health) = s.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health["mqtt"]["connected"], true);
+}
+
+#[tokio::test]
+async fn alerts_are_published_retained_when_they_fire_and_resolve() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.post(
+        "/set_threshold",
+        json!({"sensor_id": "m1", "max": 70, "hysteresis": 1}),
+    )
+    .await;
+    let mut early = connect(s.mqtt_port, "early", &["energyguard/alerts/+"]).await;
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    meter
+        .publish(
+            "energyguard/readings/m1",
+            json!({"timestamp": T0 / 1000, "value": 75}).to_string(),
+        )
+        .await;
+    let live: Value = serde_json::from_slice(&early.next().await.payload).expect("JSON alert");
+    assert_eq!(live["state"], "firing");
+
+    // A subscriber that arrives later still gets the current state: retained.
+    let mut late = connect(s.mqtt_port, "late", &["energyguard/alerts/+"]).await;
+    let fired = late.next().await;
+    assert!(fired.retain, "alerts are retained");
+    assert_eq!(fired.topic, "energyguard/alerts/m1");
+    let alert: Value = serde_json::from_slice(&fired.payload).expect("JSON alert");
+    assert_eq!(
+        (alert["state"].clone(), alert["value"].clone()),
+        (json!("firing"), json!(75.0))
+    );
+
+    meter
+        .publish(
+            "energyguard/readings/m1",
+            json!({"timestamp": T0 / 1000 + 1, "value": 60}).to_string(),
+        )
+        .await;
+    let resolved: Value = serde_json::from_slice(&late.next().await.payload).expect("JSON alert");
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(resolved["id"], alert["id"], "the same episode");
+}
+
+#[tokio::test]
+async fn readings_wait_while_the_quorum_is_unmet_and_arrive_after_recovery() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.post(
+        "/configure_replication",
+        json!({"strategy": "full", "write_quorum": 3}),
+    )
+    .await;
+    s.admin(Method::POST, "/fail_node/node2").await;
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    for i in 0..10 {
+        meter
+            .publish(
+                "energyguard/readings/w1",
+                json!({"timestamp": (T0 + i * 1_000) / 1000, "value": i}).to_string(),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.get("/sensor/w1/history").await.0,
+        StatusCode::NOT_FOUND,
+        "not stored while the quorum is unmet"
+    );
+    let (status, _) = s.admin(Method::POST, "/recover_node/node2").await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_count(&s, "/sensor/w1/history", 10).await;
+}
