@@ -8,6 +8,12 @@ use energyguard::cli::{Cli, Command, run_client};
 use energyguard::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// rumqttd logs every connection at `info` and reports our readiness probe
+/// (a bare TCP connect) as a server error; its router stays at `warn`, where
+/// it reports a subscriber that fell behind and skipped messages.
+/// `RUST_LOG` overrides this.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -26,7 +32,8 @@ fn main() -> ExitCode {
 async fn serve(config_file: Option<std::path::PathBuf>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
