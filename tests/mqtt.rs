@@ -242,3 +242,43 @@ async fn readings_wait_while_the_quorum_is_unmet_and_arrive_after_recovery() {
     assert_eq!(status, StatusCode::OK);
     wait_for_count(&s, "/sensor/w1/history", 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_200k_qos1_readings_is_stored_completely() {
+    const BURST: i64 = 200_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let meter = connect(s.mqtt_port, "burst", &[]).await;
+    let started = std::time::Instant::now();
+    for i in 0..BURST {
+        let payload = format!(
+            r#"{{"timestamp":{},"value":{i}}}"#,
+            (T0 + i) as f64 / 1000.0
+        );
+        meter
+            .publish(&format!("energyguard/readings/b{}", i % 100), payload)
+            .await;
+    }
+    let published = started.elapsed();
+    let mut stored = 0;
+    for _ in 0..1_200 {
+        let (_, nodes) = s.get("/nodes_status").await;
+        // Two copies of every reading (consistent, RF 2).
+        stored = nodes
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|n| n["keys"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            / 2;
+        if stored == BURST as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "published {BURST} in {published:?}; stored after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stored, BURST as u64, "every acknowledged reading is stored");
+}

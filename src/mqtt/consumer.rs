@@ -31,6 +31,8 @@ use crate::ingest::Ingestor;
 use crate::reading::{Reading, now_ms};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A batch is stored once no message arrived for this long.
+const QUIET_GAP: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 #[error("mqtt.url {url:?}: {reason}")]
@@ -209,7 +211,11 @@ async fn writer(
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + settings.batch_interval;
         while batch.len() < settings.batch_messages {
-            match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            // Flush once the inbox stays quiet for a moment: a broker sends
+            // only so many unacknowledged messages (rumqttd: 100 per
+            // connection), so waiting for a fuller batch would only stall.
+            let quiet = (tokio::time::Instant::now() + QUIET_GAP).min(deadline);
+            match tokio::time::timeout_at(quiet, inbox.recv()).await {
                 Ok(Some(message)) => batch.push(message),
                 _ => break,
             }
@@ -268,6 +274,7 @@ async fn store_batch(
         }
     }
     metrics::counter!("energyguard_mqtt_messages_total").increment(batch.len() as u64);
+    tracing::debug!(messages = batch.len(), "MQTT batch stored; acknowledging");
     for message in &batch {
         if let Err(error) = client.ack(message).await {
             tracing::error!(%error, "MQTT ack failed; the broker will redeliver");
