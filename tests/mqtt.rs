@@ -5,69 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::mqtt_client::connect;
 use common::service::*;
 use reqwest::{Method, StatusCode};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const T0: i64 = 1_751_738_400_000;
-
-/// A connected client and the publishes it receives.
-struct Client {
-    client: AsyncClient,
-    received: mpsc::UnboundedReceiver<Publish>,
-}
-
-async fn connect(port: u16, name: &str, subscribe: &[&str]) -> Client {
-    let mut options = MqttOptions::new(name, "127.0.0.1", port);
-    options
-        .set_keep_alive(Duration::from_secs(5))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 1_000);
-    let (tx, received) = mpsc::unbounded_channel();
-    let (ready_tx, mut ready) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_)))
-                | Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = ready_tx.send(());
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    ready.recv().await.expect("connected");
-    for topic in subscribe {
-        client
-            .subscribe(*topic, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        ready.recv().await.expect("subscribed");
-    }
-    Client { client, received }
-}
-
-impl Client {
-    async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into())
-            .await
-            .expect("publish");
-    }
-
-    async fn next(&mut self) -> Publish {
-        tokio::time::timeout(Duration::from_secs(20), self.received.recv())
-            .await
-            .expect("a message within 20 s")
-            .expect("channel open")
-    }
-}
 
 async fn wait_for_count(s: &Service, path: &str, count: usize) -> Value {
     for _ in 0..400 {
@@ -84,6 +27,7 @@ async fn wait_for_count(s: &Service, path: &str, count: usize) -> Value {
 async fn every_payload_form_lands_in_history_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
     let meter = connect(s.mqtt_port, "meter", &[]).await;
     meter
         .publish(
@@ -125,6 +69,7 @@ async fn every_payload_form_lands_in_history_once() {
 async fn bad_payloads_go_to_the_dead_letter_topic_and_change_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
     let mut watcher = connect(s.mqtt_port, "watcher", &["energyguard/deadletter"]).await;
     let meter = connect(s.mqtt_port, "meter", &[]).await;
     let cases: [(&str, Vec<u8>, &str); 5] = [
@@ -175,6 +120,7 @@ async fn bad_payloads_go_to_the_dead_letter_topic_and_change_nothing() {
 async fn alerts_are_published_retained_when_they_fire_and_resolve() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
     s.post(
         "/set_threshold",
         json!({"sensor_id": "m1", "max": 70, "hysteresis": 1}),
@@ -217,6 +163,7 @@ async fn alerts_are_published_retained_when_they_fire_and_resolve() {
 async fn readings_wait_while_the_quorum_is_unmet_and_arrive_after_recovery() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
     s.post(
         "/configure_replication",
         json!({"strategy": "full", "write_quorum": 3}),
@@ -248,6 +195,7 @@ async fn a_burst_of_200k_qos1_readings_is_stored_completely() {
     const BURST: i64 = 200_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
     let meter = connect(s.mqtt_port, "burst", &[]).await;
     let started = std::time::Instant::now();
     for i in 0..BURST {

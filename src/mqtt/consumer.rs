@@ -54,10 +54,13 @@ pub struct ConsumerSettings {
     pub max_packet_bytes: usize,
 }
 
-/// Whether the consumer is connected, for `/healthz` and `/metrics`.
+/// Whether the consumer is connected and subscribed, for `/healthz` and
+/// `/metrics`. Until the first subscription of a new session is in place,
+/// the broker delivers readings published on `P/readings/+` to nobody.
 #[derive(Debug, Default)]
 pub struct ConsumerStatus {
     connected: AtomicBool,
+    subscribed: AtomicBool,
 }
 
 impl ConsumerStatus {
@@ -65,9 +68,18 @@ impl ConsumerStatus {
         self.connected.load(Ordering::Relaxed)
     }
 
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
     fn set(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
+        self.subscribed.store(false, Ordering::Relaxed);
         metrics::gauge!("energyguard_mqtt_connected").set(if connected { 1.0 } else { 0.0 });
+    }
+
+    fn set_subscribed(&self) {
+        self.subscribed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -169,6 +181,10 @@ async fn poll_loop(
                 if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                     tracing::error!(%error, "MQTT subscribe request failed");
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                status.set_subscribed();
+                tracing::info!(%filter, "MQTT subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if *shutdown.borrow() || messages.send(publish).is_err() {

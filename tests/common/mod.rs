@@ -2,6 +2,8 @@
 //! each in its own temporary directory, and small constructors.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+pub mod mqtt_client;
 pub mod service;
 
 use std::collections::BTreeMap;

@@ -33,12 +33,12 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Writes a config with one token per role, the embedded broker on
-/// `mqtt_port`, plus `extra` TOML (which lands in the `[http]` section).
-pub fn write_config(dir: &Path, mqtt_port: u16, extra: &str) -> PathBuf {
+/// Writes a config with one token per role, the `[mqtt]` section given,
+/// plus `extra` TOML (which lands in the `[http]` section).
+pub fn write_config(dir: &Path, mqtt: &str, extra: &str) -> PathBuf {
     let path = dir.join("test.toml");
     let text = format!(
-        "data_dir = \"{data}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+        "data_dir = \"{data}\"\n[mqtt]\n{mqtt}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
          [[auth.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n\
          [[auth.tokens]]\ntoken = \"{WRITE_TOKEN}\"\nrole = \"write\"\n\
          [[auth.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n",
@@ -49,10 +49,28 @@ pub fn write_config(dir: &Path, mqtt_port: u16, extra: &str) -> PathBuf {
 }
 
 impl Service {
-    /// Starts the service in `dir` (reusing whatever data is there).
+    /// Starts the service in `dir` (reusing whatever data is there), with
+    /// its embedded broker on a free port.
     pub fn start_in(dir: &Path, extra_config: &str) -> Self {
         let mqtt_port = free_port();
-        let config = write_config(dir, mqtt_port, extra_config);
+        Self::start(
+            dir,
+            mqtt_port,
+            &format!("listen = \"127.0.0.1:{mqtt_port}\""),
+            extra_config,
+        )
+    }
+
+    /// Starts the service consuming from an external broker on `broker_port`.
+    pub fn start_with_broker(dir: &Path, broker_port: u16) -> Self {
+        let mqtt = format!(
+            "embedded = false\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nclient_id = \"eg-test\""
+        );
+        Self::start(dir, broker_port, &mqtt, "")
+    }
+
+    fn start(dir: &Path, mqtt_port: u16, mqtt_section: &str, extra_config: &str) -> Self {
+        let config = write_config(dir, mqtt_section, extra_config);
         let mut child = Command::new(env!("CARGO_BIN_EXE_energyguard"))
             .args(["serve", "--config"])
             .arg(&config)
@@ -93,6 +111,19 @@ impl Service {
             log: log_rx,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Waits until the MQTT consumer has its subscription: readings
+    /// published before that are, by MQTT's rules, delivered to nobody.
+    pub async fn wait_subscribed(&self) {
+        for _ in 0..500 {
+            let (_, health) = self.call(Method::GET, "/healthz", None, None).await;
+            if health["mqtt"]["subscribed"] == true {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the MQTT consumer did not subscribe within 10 s");
     }
 
     pub async fn call(

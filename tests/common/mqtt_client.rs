@@ -1,0 +1,62 @@
+//! An ordinary MQTT client (rumqttc) playing a sensor or an observer.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+/// A connected client and the publishes it receives.
+pub struct Client {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<Publish>,
+}
+
+pub async fn connect(port: u16, name: &str, subscribe: &[&str]) -> Client {
+    let mut options = MqttOptions::new(name, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 1_000);
+    let (tx, received) = mpsc::unbounded_channel();
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_)))
+                | Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    ready.recv().await.expect("connected");
+    for topic in subscribe {
+        client
+            .subscribe(*topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        ready.recv().await.expect("subscribed");
+    }
+    Client { client, received }
+}
+
+impl Client {
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    pub async fn next(&mut self) -> Publish {
+        tokio::time::timeout(Duration::from_secs(20), self.received.recv())
+            .await
+            .expect("a message within 20 s")
+            .expect("channel open")
+    }
+}
