@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use energyguard::cli::{Cli, Command, run_client};
 use energyguard::config::Config;
+use energyguard::mqtt::broker::SkipCounter;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// rumqttd logs every connection at `info` and reports our readiness probe
 /// (a bare TCP connect) as a server error; its router stays at `warn`, where
@@ -30,13 +33,15 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config_file: Option<std::path::PathBuf>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(log)
+        .with(SkipCounter)
         .init();
     let config = match Config::load(config_file.as_deref()) {
         Ok(config) => config,

@@ -98,3 +98,62 @@ pub fn start(settings: &BrokerSettings) -> Result<(), BrokerError> {
     tracing::info!(%listen, window_mb = settings.memory_mb, "embedded MQTT broker listening");
     Ok(())
 }
+
+/// A tracing layer that counts rumqttd's report of a subscriber skipping
+/// ahead ("Read cursor start jumped …"): the only trace of messages it
+/// dropped after acknowledging them to their publishers. Exposed as
+/// `energyguard_mqtt_broker_skips_total`; the warning itself stays in the log.
+pub struct SkipCounter;
+
+static SKIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Skips counted since the process started.
+pub fn skips() -> u64 {
+    SKIPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SkipCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if !event.metadata().target().starts_with("rumqttd::router") {
+            return;
+        }
+        let mut finder = JumpFinder(false);
+        event.record(&mut finder);
+        if finder.0 {
+            SKIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("energyguard_mqtt_broker_skips_total").increment(1);
+        }
+    }
+}
+
+struct JumpFinder(bool);
+
+impl tracing::field::Visit for JumpFinder {
+    fn record_str(&mut self, _: &tracing::field::Field, value: &str) {
+        self.0 |= value.contains("cursor start jumped");
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0 |= format!("{value:?}").contains("cursor start jumped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn rumqttd_skip_warnings_are_counted_and_nothing_else_is() {
+        let subscriber = tracing_subscriber::registry().with(SkipCounter);
+        let before = skips();
+        tracing::subscriber::with_default(subscriber, || {
+            let error = "Read cursor start jumped from (0, 5) to (1, 0) on energyguard/readings/+"
+                .to_string();
+            tracing::warn!(target: "rumqttd::router::routing", request_cursor = 5, error);
+            tracing::warn!(target: "rumqttd::router::routing", error = "something else");
+            tracing::warn!(target: "energyguard", error = "Read cursor start jumped, but not from the broker");
+        });
+        assert_eq!(skips(), before + 1);
+    }
+}
