@@ -192,3 +192,97 @@ fn a_bad_config_fails_at_start_naming_the_key() {
     );
     assert!(!stderr.contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_sends_csv_over_mqtt_and_reports_bad_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    let mut csv = String::from("sensor_id,timestamp,value\n");
+    for i in 0..1_000 {
+        csv.push_str(&format!("meter{},{},{}\n", i % 10, 1_751_738_400 + i, i));
+    }
+    csv.push_str("meter1,not-a-time,5\n");
+    let file = dir.path().join("readings.csv");
+    std::fs::write(&file, csv).expect("write csv");
+    let mqtt = format!("mqtt://127.0.0.1:{}", s.mqtt_port);
+    let output = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["publish", file.to_str().expect("path"), "--mqtt", &mqtt])
+        .output()
+        .expect("run publish");
+    assert!(
+        !output.status.success(),
+        "a refused line makes the exit code non-zero"
+    );
+    assert!(
+        stdout(&output).contains("published 1000 readings, 1 lines refused"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 1002"));
+    for _ in 0..200 {
+        let (_, nodes) = s.get("/nodes_status").await;
+        let copies: u64 = nodes
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|n| n["keys"].as_u64().unwrap_or(0))
+            .sum();
+        if copies == 2_000 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the 1,000 published readings were not all stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_alerts_as_they_arrive() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    let mqtt = format!("mqtt://127.0.0.1:{}", s.mqtt_port);
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["watch", "--json", "--mqtt", &mqtt])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run watch");
+    let stdout = watcher.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    energyguard(&s, WRITE_TOKEN, &["threshold", "hot", "--max", "10"]);
+    // Keep raising until the watcher (which subscribes asynchronously) sees one.
+    let mut seen = None;
+    for i in 0..100 {
+        energyguard(
+            &s,
+            WRITE_TOKEN,
+            &[
+                "put",
+                "hot",
+                &(20 + i).to_string(),
+                "--timestamp",
+                &(1_751_738_400 + i).to_string(),
+            ],
+        );
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let alert: Value = serde_json::from_str(&seen.expect("an alert line")).expect("JSON line");
+    assert_eq!(
+        (alert["sensor_id"].clone(), alert["state"].clone()),
+        ("hot".into(), "firing".into())
+    );
+}

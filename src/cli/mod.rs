@@ -2,6 +2,7 @@
 //! running service over its REST API. Tables for people, `--json` for
 //! scripts; any failure exits non-zero with the server's message on stderr.
 
+mod mqtt;
 mod output;
 
 use std::path::PathBuf;
@@ -158,6 +159,20 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Publish CSV readings (sensor_id,timestamp,value per line) over MQTT,
+    /// from a file or stdin.
+    Publish {
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        broker: mqtt::BrokerArgs,
+    },
+    /// Print alerts as they are published over MQTT (until Ctrl-C).
+    Watch {
+        #[command(flatten)]
+        broker: mqtt::BrokerArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -226,6 +241,11 @@ fn segment(text: &str) -> String {
 
 /// Runs a client command; answers the process exit code.
 pub async fn run_client(command: Command) -> ExitCode {
+    let command = match command {
+        Command::Publish { file, broker } => return mqtt::publish(file, broker).await,
+        Command::Watch { broker, json } => return mqtt::watch(broker, json).await,
+        other => other,
+    };
     let (call, client) = match build(command) {
         Some(built) => built,
         None => return ExitCode::from(2),
@@ -252,7 +272,7 @@ pub async fn run_client(command: Command) -> ExitCode {
 fn build(command: Command) -> Option<(Call, ClientArgs)> {
     use Method as M;
     Some(match command {
-        Command::Serve { .. } => return None,
+        Command::Serve { .. } | Command::Publish { .. } | Command::Watch { .. } => return None,
         Command::Put {
             sensor_id,
             value,
