@@ -286,3 +286,27 @@ async fn watch_prints_alerts_as_they_arrive() {
         ("hot".into(), "firing".into())
     );
 }
+
+#[test]
+fn a_taken_mqtt_port_fails_at_start_naming_the_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    std::fs::write(
+        dir.path().join("taken.toml"),
+        format!("[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["serve", "--config", "taken.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mqtt.listen") && stderr.contains("mqtt.embedded"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
