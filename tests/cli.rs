@@ -221,13 +221,7 @@ async fn publish_sends_csv_over_mqtt_and_reports_bad_lines() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("line 1002"));
     for _ in 0..200 {
-        let (_, nodes) = s.get("/nodes_status").await;
-        let copies: u64 = nodes
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|n| n["keys"].as_u64().unwrap_or(0))
-            .sum();
+        let copies = s.copies().await;
         if copies == 2_000 {
             return;
         }

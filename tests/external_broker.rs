@@ -14,19 +14,9 @@ use serde_json::{Value, json};
 
 const T0: i64 = 1_751_738_400_000;
 
-/// Live readings stored, counted as copies on the nodes divided by two
-/// (consistent, RF 2).
+/// Readings stored: copies on the nodes divided by two (consistent, RF 2).
 async fn stored(s: &Service) -> u64 {
-    let (_, nodes) = s.get("/nodes_status").await;
-    nodes
-        .as_array()
-        .map(|n| {
-            n.iter()
-                .map(|n| n["keys"].as_u64().unwrap_or(0))
-                .sum::<u64>()
-                / 2
-        })
-        .unwrap_or(0)
+    s.copies().await / 2
 }
 
 #[tokio::test]
@@ -114,13 +104,7 @@ async fn sigkill_mid_stream_loses_nothing_and_stores_nothing_twice() {
         count, READINGS as u64,
         "all {READINGS} stored after the restart"
     );
-    let (_, nodes) = s.get("/nodes_status").await;
-    let copies: u64 = nodes
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|n| n["keys"].as_u64().unwrap_or(0))
-        .sum();
+    let copies = s.copies().await;
     assert_eq!(
         copies,
         2 * READINGS as u64,

@@ -126,6 +126,15 @@ impl Service {
         panic!("the MQTT consumer did not subscribe within 10 s");
     }
 
+    /// Live copies on all nodes together (`keys` of `/nodes_status`).
+    pub async fn copies(&self) -> u64 {
+        let (_, nodes) = self.get("/nodes_status").await;
+        nodes
+            .as_array()
+            .map(|nodes| nodes.iter().map(|n| n["keys"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    }
+
     pub async fn call(
         &self,
         method: Method,
