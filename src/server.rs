@@ -113,6 +113,7 @@ pub async fn run(
         }
         GeneratedToken::None => {}
     }
+    let stale_checks = tokio::spawn(check_stale_sensors(alerts.clone()));
     let (stop_mqtt, mqtt_stopping) = tokio::sync::watch::channel(false);
     let (mqtt_status, consumer) =
         start_mqtt(&config.mqtt, ingestor.clone(), &alerts, mqtt_stopping)?;
@@ -142,6 +143,7 @@ pub async fn run(
     {
         tracing::warn!("shutdown: the MQTT consumer did not finish within 30 s");
     }
+    stale_checks.abort();
     tracing::info!("shutdown: closing the alert store");
     alerts.close().await;
     tracing::info!("shutdown: flushing and closing storage nodes");
@@ -190,4 +192,20 @@ fn start_mqtt(
         alerts.subscribe(),
         stopping,
     )?)
+}
+
+/// How often silent sensors are looked for (`stale_after` is at least 1 s).
+const STALE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Raises `stale` alerts for sensors that went silent, until aborted.
+async fn check_stale_sensors(alerts: Arc<AlertService>) {
+    let mut interval = tokio::time::interval(STALE_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        match alerts.tick(crate::reading::now_ms()).await {
+            Ok(changes) => crate::ingest::record_alert_metrics(&changes),
+            Err(error) => tracing::error!(%error, "checking for silent sensors failed"),
+        }
+    }
 }

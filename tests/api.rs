@@ -762,13 +762,27 @@ async fn a_restart_keeps_data_thresholds_alerts_and_replication() {
         nodes[2]["status"], "down",
         "a failed node stays down across restarts"
     );
-    // The open episode survived: a further high reading does not fire again.
+    // The open episode survived: a further high reading does not fire again
+    // (no alert is fired by this process at all).
     ingest(&s, reading("s", T0 + 2_000, 99.0)).await;
     let (_, alerts) = s.get("/alerts").await;
     assert_eq!(alerts.as_array().map(Vec::len), Some(1));
     assert_eq!(
         (alerts[0]["state"].clone(), alerts[0]["readings"].clone()),
         (json!("firing"), json!(2))
+    );
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !metrics.contains("transition=\"fired\""),
+        "nothing re-fired after the restart:\n{metrics}"
     );
 }
 
@@ -844,5 +858,82 @@ async fn sigterm_stops_in_order() {
     assert!(
         positions.windows(2).all(|w| w[0] < w[1]),
         "steps out of order: {log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_sensor_raises_stale_and_its_next_reading_resolves_it() {
+    let (_dir, s) = service();
+    let (status, threshold) = s
+        .post(
+            "/set_threshold",
+            json!({"sensor_id": "quiet", "stale_after": "1s"}),
+        )
+        .await;
+    assert_eq!(
+        (status, threshold["stale_after"].clone()),
+        (StatusCode::OK, json!("1s"))
+    );
+    ingest(&s, json!({"sensor_id": "quiet", "value": 1})).await;
+    let mut stale = Value::Null;
+    for _ in 0..100 {
+        let (_, firing) = s.get("/alerts?sensor_id=quiet&state=firing").await;
+        if firing.as_array().is_some_and(|a| !a.is_empty()) {
+            stale = firing[0].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (stale["kind"].clone(), stale["state"].clone()),
+        (json!("stale"), json!("firing")),
+        "{stale}"
+    );
+    ingest(&s, json!({"sensor_id": "quiet", "value": 2})).await;
+    let (_, all) = s.get("/alerts?sensor_id=quiet").await;
+    assert_eq!(all[0]["state"], "resolved", "{all}");
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn for_keeps_short_spikes_quiet_and_fires_sustained_excursions() {
+    let (_dir, s) = service();
+    let (status, threshold) = s
+        .post(
+            "/set_threshold",
+            json!({"sensor_id": "f", "max": 10, "for": "30s"}),
+        )
+        .await;
+    assert_eq!(
+        (status, threshold["for"].clone()),
+        (StatusCode::OK, json!("30s"))
+    );
+    for (offset_s, value) in [(0, 20.0), (10, 25.0), (20, 5.0)] {
+        ingest(&s, reading("f", T0 + offset_s * 1_000, value)).await;
+    }
+    assert_eq!(
+        s.get("/alerts?sensor_id=f").await.1,
+        json!([]),
+        "a 20 s spike with for = 30 s"
+    );
+    for (offset_s, value) in [(100, 20.0), (115, 30.0), (130, 20.0)] {
+        ingest(&s, reading("f", T0 + offset_s * 1_000, value)).await;
+    }
+    let (_, alerts) = s.get("/alerts?sensor_id=f").await;
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
+    assert_eq!(
+        (alerts[0]["peak"].clone(), alerts[0]["readings"].clone()),
+        (json!(30.0), json!(3))
+    );
+    assert_eq!(alerts[0]["started_at"], "2025-07-05T18:01:40.000Z");
+    let (status, body) = s
+        .post(
+            "/set_threshold",
+            json!({"sensor_id": "f", "max": 10, "for": "soon"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("for"))
     );
 }

@@ -5,9 +5,15 @@
 //! One *episode* per excursion, never one alert per reading: a reading above
 //! `max` (or below `min`) opens an episode, which stays `firing` while
 //! readings stay out of range, counts them and tracks the peak, and resolves
-//! when a reading comes back inside by more than the hysteresis. Readings are
-//! evaluated in timestamp order per sensor; a reading older than the newest
-//! one seen is stored but cannot change the alert state.
+//! when a reading comes back inside by more than the hysteresis. With `for`,
+//! an excursion is only *pending* until readings have stayed out of range
+//! that long (by their own timestamps), so a short spike never fires.
+//! Readings are evaluated in timestamp order per sensor; a reading older than
+//! the newest one seen is stored but cannot change the range state.
+//!
+//! `stale_after` is judged by the service's clock, passed to [`tick`]: a
+//! sensor silent that long gets a `stale` episode, which its next reading
+//! (late or not) resolves.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +26,20 @@ pub struct Threshold {
     pub max: Option<f64>,
     pub min: Option<f64>,
     pub hysteresis: f64,
+    /// Out of range this long (ms) before firing.
+    #[serde(rename = "for", serialize_with = "as_duration")]
+    pub for_ms: Option<i64>,
+    /// Silent this long (ms, service clock) raises `stale`.
+    #[serde(rename = "stale_after", serialize_with = "as_duration")]
+    pub stale_after_ms: Option<i64>,
+}
+
+fn as_duration<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) if ms % 1_000 == 0 => s.serialize_str(&format!("{}s", ms / 1_000)),
+        Some(ms) => s.serialize_str(&format!("{ms}ms")),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +47,7 @@ pub struct Threshold {
 pub enum AlertKind {
     Above,
     Below,
+    Stale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,9 +93,15 @@ fn as_optional_timestamp<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result
 pub struct SensorAlerts {
     /// Timestamp of the newest reading evaluated.
     pub last_ms: Option<i64>,
-    /// The open episode, if any (at most one: a value cannot be both above
-    /// `max` and below `min`).
+    /// The open range episode, if any (at most one: a value cannot be both
+    /// above `max` and below `min`).
     pub open: Option<Alert>,
+    /// An excursion waiting for `for` to pass, in the shape it will fire in.
+    pub pending: Option<Alert>,
+    /// When the service last received a reading (its own clock).
+    pub last_seen_ms: Option<i64>,
+    /// The open `stale` episode, if any.
+    pub stale: Option<Alert>,
 }
 
 /// How an episode changed.
@@ -92,23 +119,33 @@ pub struct Change {
     pub alert: Alert,
 }
 
-/// Evaluates one reading; answers the episodes it changed, in order.
+/// Evaluates one reading, received at `received_ms` by the service's clock;
+/// answers the episodes it changed, in order.
 pub fn evaluate(
     threshold: &Threshold,
     state: &mut SensorAlerts,
     timestamp_ms: i64,
     value: f64,
+    received_ms: i64,
 ) -> Vec<Change> {
+    let mut changes = Vec::new();
+    state.last_seen_ms = Some(
+        state
+            .last_seen_ms
+            .map_or(received_ms, |seen| seen.max(received_ms)),
+    );
+    if let Some(stale) = state.stale.take() {
+        changes.push(Change {
+            transition: Transition::Resolved,
+            alert: resolve(stale, received_ms),
+        });
+    }
     if state.last_ms.is_some_and(|last| timestamp_ms < last) {
-        return Vec::new();
+        return changes;
     }
     state.last_ms = Some(timestamp_ms);
-    let mut changes = Vec::new();
     if let Some(mut alert) = state.open.take() {
-        let limit = match alert.kind {
-            AlertKind::Above => threshold.max,
-            AlertKind::Below => threshold.min,
-        };
+        let limit = limit_of(threshold, alert.kind);
         match limit {
             Some(limit) if out_of_range(alert.kind, limit, value) => {
                 alert.readings += 1;
@@ -133,7 +170,7 @@ pub fn evaluate(
             }
         }
     }
-    let opened = [
+    let excursion = [
         (AlertKind::Above, threshold.max),
         (AlertKind::Below, threshold.min),
     ]
@@ -143,8 +180,19 @@ pub fn evaluate(
             .filter(|l| out_of_range(kind, *l, value))
             .map(|l| (kind, l))
     });
-    if let Some((kind, limit)) = opened {
-        let alert = Alert {
+    let Some((kind, limit)) = excursion else {
+        // Back in range: a pending excursion was a spike shorter than `for`.
+        state.pending = None;
+        return changes;
+    };
+    let mut candidate = match state.pending.take() {
+        Some(mut pending) if pending.kind == kind => {
+            pending.readings += 1;
+            pending.peak = extreme(kind, pending.peak, value);
+            pending.threshold = limit;
+            pending
+        }
+        _ => Alert {
             id: format!(
                 "{}:{}:{}",
                 threshold.sensor_id,
@@ -160,14 +208,56 @@ pub fn evaluate(
             state: AlertState::Firing,
             started_at: timestamp_ms,
             resolved_at: None,
-        };
+        },
+    };
+    if timestamp_ms - candidate.started_at >= threshold.for_ms.unwrap_or(0) {
+        candidate.state = AlertState::Firing;
         changes.push(Change {
             transition: Transition::Fired,
-            alert: alert.clone(),
+            alert: candidate.clone(),
         });
-        state.open = Some(alert);
+        state.open = Some(candidate);
+    } else {
+        state.pending = Some(candidate);
     }
     changes
+}
+
+/// Checks for silence at `now_ms` (the service's clock): a sensor with
+/// `stale_after` that has sent nothing that long gets a `stale` episode.
+pub fn tick(threshold: &Threshold, state: &mut SensorAlerts, now_ms: i64) -> Vec<Change> {
+    let (Some(after), Some(seen)) = (threshold.stale_after_ms, state.last_seen_ms) else {
+        return Vec::new();
+    };
+    if state.stale.is_some() || now_ms - seen < after {
+        return Vec::new();
+    }
+    let started_at = seen + after;
+    let alert = Alert {
+        id: format!("{}:stale:{started_at}", threshold.sensor_id),
+        sensor_id: threshold.sensor_id.clone(),
+        kind: AlertKind::Stale,
+        threshold: after as f64 / 1_000.0,
+        value: (now_ms - seen) as f64 / 1_000.0,
+        peak: (now_ms - seen) as f64 / 1_000.0,
+        readings: 0,
+        state: AlertState::Firing,
+        started_at,
+        resolved_at: None,
+    };
+    state.stale = Some(alert.clone());
+    vec![Change {
+        transition: Transition::Fired,
+        alert,
+    }]
+}
+
+fn limit_of(threshold: &Threshold, kind: AlertKind) -> Option<f64> {
+    match kind {
+        AlertKind::Above => threshold.max,
+        AlertKind::Below => threshold.min,
+        AlertKind::Stale => None,
+    }
 }
 
 /// Closes an episode at `at_ms` (a reading back in range, or its threshold removed).
@@ -181,6 +271,7 @@ pub fn kind_name(kind: AlertKind) -> &'static str {
     match kind {
         AlertKind::Above => "above",
         AlertKind::Below => "below",
+        AlertKind::Stale => "stale",
     }
 }
 
@@ -188,6 +279,7 @@ fn out_of_range(kind: AlertKind, limit: f64, value: f64) -> bool {
     match kind {
         AlertKind::Above => value > limit,
         AlertKind::Below => value < limit,
+        AlertKind::Stale => false,
     }
 }
 
@@ -195,13 +287,14 @@ fn back_inside(kind: AlertKind, limit: f64, hysteresis: f64, value: f64) -> bool
     match kind {
         AlertKind::Above => value < limit - hysteresis,
         AlertKind::Below => value > limit + hysteresis,
+        AlertKind::Stale => true,
     }
 }
 
 fn extreme(kind: AlertKind, a: f64, b: f64) -> f64 {
     match kind {
-        AlertKind::Above => a.max(b),
         AlertKind::Below => a.min(b),
+        AlertKind::Above | AlertKind::Stale => a.max(b),
     }
 }
 
@@ -215,6 +308,8 @@ mod tests {
             max,
             min,
             hysteresis,
+            for_ms: None,
+            stale_after_ms: None,
         }
     }
 
@@ -223,7 +318,7 @@ mod tests {
         let mut state = SensorAlerts::default();
         let mut all = Vec::new();
         for (ts, v) in readings {
-            all.extend(evaluate(t, &mut state, *ts, *v));
+            all.extend(evaluate(t, &mut state, *ts, *v, *ts));
         }
         let transitions = all
             .iter()
@@ -330,19 +425,86 @@ mod tests {
     #[test]
     fn a_threshold_changed_mid_episode_applies_to_the_next_reading() {
         let mut state = SensorAlerts::default();
-        evaluate(&threshold(Some(70.0), None, 0.0), &mut state, 1, 75.0);
-        let changes = evaluate(&threshold(Some(80.0), None, 0.0), &mut state, 2, 75.0);
+        evaluate(&threshold(Some(70.0), None, 0.0), &mut state, 1, 75.0, 1);
+        let changes = evaluate(&threshold(Some(80.0), None, 0.0), &mut state, 2, 75.0, 2);
         assert_eq!(
             changes.iter().map(|c| c.transition).collect::<Vec<_>>(),
             vec![Resolved]
         );
         let mut state = SensorAlerts::default();
-        evaluate(&threshold(Some(70.0), None, 0.0), &mut state, 1, 75.0);
-        let changes = evaluate(&threshold(None, Some(0.0), 0.0), &mut state, 2, 75.0);
+        evaluate(&threshold(Some(70.0), None, 0.0), &mut state, 1, 75.0, 1);
+        let changes = evaluate(&threshold(None, Some(0.0), 0.0), &mut state, 2, 75.0, 2);
         assert_eq!(
             changes.iter().map(|c| c.transition).collect::<Vec<_>>(),
             vec![Resolved],
             "max removed"
         );
+    }
+
+    fn with_for(for_ms: i64) -> Threshold {
+        Threshold {
+            for_ms: Some(for_ms),
+            ..threshold(Some(70.0), None, 0.0)
+        }
+    }
+
+    #[test]
+    fn a_spike_shorter_than_for_never_fires() {
+        let (transitions, state, _) = run(
+            &with_for(30_000),
+            &[(0, 80.0), (10_000, 90.0), (20_000, 60.0), (40_000, 60.0)],
+        );
+        assert_eq!(transitions, vec![]);
+        assert_eq!((state.open, state.pending), (None, None));
+    }
+
+    #[test]
+    fn staying_out_of_range_for_long_enough_fires_from_the_start() {
+        let (transitions, state, changes) = run(
+            &with_for(30_000),
+            &[(0, 80.0), (10_000, 95.0), (30_000, 85.0)],
+        );
+        assert_eq!(transitions, vec![Fired]);
+        let fired = &changes[0].alert;
+        assert_eq!(
+            (fired.started_at, fired.value, fired.peak, fired.readings),
+            (0, 80.0, 95.0, 3)
+        );
+        assert!(state.open.is_some());
+    }
+
+    #[test]
+    fn silence_raises_stale_and_the_next_reading_resolves_it() {
+        let t = Threshold {
+            stale_after_ms: Some(60_000),
+            ..threshold(None, None, 0.0)
+        };
+        let mut state = SensorAlerts::default();
+        assert!(
+            tick(&t, &mut state, 1_000_000).is_empty(),
+            "never seen: nothing to judge"
+        );
+        evaluate(&t, &mut state, 5, 1.0, 1_000_000);
+        assert!(tick(&t, &mut state, 1_059_999).is_empty());
+        let fired = tick(&t, &mut state, 1_060_000);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(
+            (fired[0].alert.kind, fired[0].alert.started_at),
+            (AlertKind::Stale, 1_060_000)
+        );
+        assert!(
+            tick(&t, &mut state, 1_200_000).is_empty(),
+            "one stale episode, not one per tick"
+        );
+        // A late reading (older timestamp) still proves the meter is alive.
+        let resolved = evaluate(&t, &mut state, 1, 2.0, 1_300_000);
+        assert_eq!(
+            resolved
+                .iter()
+                .map(|c| (c.transition, c.alert.kind))
+                .collect::<Vec<_>>(),
+            vec![(Resolved, AlertKind::Stale)]
+        );
+        assert_eq!(resolved[0].alert.resolved_at, Some(1_300_000));
     }
 }

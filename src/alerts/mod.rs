@@ -13,7 +13,7 @@ mod store;
 use std::collections::HashMap;
 use std::path::Path;
 
-use engine::{Alert, AlertState, Change, SensorAlerts, Threshold, Transition};
+use engine::{Alert, AlertKind, AlertState, Change, SensorAlerts, Threshold, Transition};
 use store::AlertStore;
 
 use crate::reading::{Reading, SensorId};
@@ -52,7 +52,7 @@ const CHANGE_BUFFER: usize = 10_000;
 impl AlertService {
     pub async fn open(data_dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
         let store = AlertStore::open(data_dir, synchronous)?;
-        let thresholds = store
+        let thresholds: HashMap<SensorId, Threshold> = store
             .thresholds()
             .await?
             .into_iter()
@@ -63,8 +63,21 @@ impl AlertService {
             sensors.entry(sensor).or_default().last_ms = Some(last_ms);
         }
         for alert in store.firing().await? {
-            let sensor = alert.sensor_id.clone();
-            sensors.entry(sensor).or_default().open = Some(alert);
+            let sensor = sensors.entry(alert.sensor_id.clone()).or_default();
+            match alert.kind {
+                AlertKind::Stale => sensor.stale = Some(alert),
+                AlertKind::Above | AlertKind::Below => sensor.open = Some(alert),
+            }
+        }
+        // Silence is measured from the start of this process: what the
+        // sensors sent before a restart is not known to the service clock.
+        let started = crate::reading::now_ms();
+        for sensor in thresholds.keys() {
+            sensors
+                .entry(sensor.clone())
+                .or_default()
+                .last_seen_ms
+                .get_or_insert(started);
         }
         Ok(Self {
             store,
@@ -79,6 +92,12 @@ impl AlertService {
     pub async fn set_threshold(&self, threshold: Threshold) -> StorageResult<Threshold> {
         let mut inner = self.inner.lock().await;
         self.store.put_threshold(threshold.clone()).await?;
+        inner
+            .sensors
+            .entry(threshold.sensor_id.clone())
+            .or_default()
+            .last_seen_ms
+            .get_or_insert_with(crate::reading::now_ms);
         inner
             .thresholds
             .insert(threshold.sensor_id.clone(), threshold.clone());
@@ -96,15 +115,22 @@ impl AlertService {
         if !inner.thresholds.contains_key(sensor) {
             return Ok(None);
         }
-        let changes: Vec<Change> = inner
-            .sensors
-            .get_mut(sensor)
-            .and_then(|s| s.open.take())
-            .map(|open| Change {
-                transition: Transition::Resolved,
-                alert: engine::resolve(open, now_ms),
-            })
+        let open: Vec<Alert> = match inner.sensors.get_mut(sensor) {
+            Some(state) => {
+                state.pending = None;
+                [state.open.take(), state.stale.take()]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let changes: Vec<Change> = open
             .into_iter()
+            .map(|alert| Change {
+                transition: Transition::Resolved,
+                alert: engine::resolve(alert, now_ms),
+            })
             .collect();
         self.store
             .remove_threshold(sensor.clone(), alerts_of(&changes))
@@ -148,6 +174,7 @@ impl AlertService {
         } = &mut *inner;
         let mut changes = Vec::new();
         let mut progress: HashMap<SensorId, i64> = HashMap::new();
+        let received = crate::reading::now_ms();
         for reading in relevant {
             let threshold = &thresholds[&reading.key.sensor];
             let state = sensors.entry(reading.key.sensor.clone()).or_default();
@@ -156,6 +183,7 @@ impl AlertService {
                 state,
                 reading.key.timestamp_ms,
                 reading.sample.value,
+                received,
             ));
             if let Some(last) = state.last_ms {
                 progress.insert(reading.key.sensor.clone(), last);
@@ -165,6 +193,26 @@ impl AlertService {
             .record(alerts_of(&changes), progress.into_iter().collect())
             .await?;
         self.announce(&changes);
+        Ok(changes)
+    }
+
+    /// Raises `stale` for sensors silent longer than their `stale_after`, by
+    /// the service's clock at `now_ms`. Called periodically.
+    pub async fn tick(&self, now_ms: i64) -> StorageResult<Vec<Change>> {
+        let mut inner = self.inner.lock().await;
+        let Inner {
+            thresholds,
+            sensors,
+        } = &mut *inner;
+        let mut changes = Vec::new();
+        for threshold in thresholds.values().filter(|t| t.stale_after_ms.is_some()) {
+            let state = sensors.entry(threshold.sensor_id.clone()).or_default();
+            changes.extend(engine::tick(threshold, state, now_ms));
+        }
+        if !changes.is_empty() {
+            self.store.record(alerts_of(&changes), Vec::new()).await?;
+            self.announce(&changes);
+        }
         Ok(changes)
     }
 

@@ -15,10 +15,12 @@ use crate::storage::{StorageError, StorageResult};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS thresholds (
-    sensor_id  TEXT PRIMARY KEY,
-    max        REAL,
-    min        REAL,
-    hysteresis REAL NOT NULL
+    sensor_id      TEXT PRIMARY KEY,
+    max            REAL,
+    min            REAL,
+    hysteresis     REAL NOT NULL,
+    for_ms         INTEGER,
+    stale_after_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS alerts (
     id          TEXT PRIMARY KEY,
@@ -92,8 +94,9 @@ impl WriteExecutor for AlertWriter {
         match op {
             AlertWrite::PutThreshold(t) => {
                 tx.execute(
-                    "INSERT OR REPLACE INTO thresholds (sensor_id, max, min, hysteresis) VALUES (?1, ?2, ?3, ?4)",
-                    params![t.sensor_id.as_str(), t.max, t.min, t.hysteresis],
+                    "INSERT OR REPLACE INTO thresholds (sensor_id, max, min, hysteresis, for_ms, stale_after_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![t.sensor_id.as_str(), t.max, t.min, t.hysteresis, t.for_ms, t.stale_after_ms],
                 )?;
             }
             AlertWrite::RemoveThreshold(sensor, resolved) => {
@@ -132,6 +135,7 @@ fn decode_alert(row: &Row<'_>) -> StorageResult<Alert> {
     let kind = match row.get_ref(2)?.as_str()? {
         "above" => AlertKind::Above,
         "below" => AlertKind::Below,
+        "stale" => AlertKind::Stale,
         other => return Err(StorageError::Corrupt(format!("alert kind {other:?}"))),
     };
     let state = match row.get_ref(7)?.as_str()? {
@@ -153,12 +157,29 @@ fn decode_alert(row: &Row<'_>) -> StorageResult<Alert> {
     })
 }
 
+/// Stores made before `for` and `stale_after` existed lack their columns.
+fn add_missing_threshold_columns(connection: &rusqlite::Connection) -> StorageResult<()> {
+    let mut stmt = connection.prepare("SELECT name FROM pragma_table_info('thresholds')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for column in ["for_ms", "stale_after_ms"] {
+        if !columns.iter().any(|c| c == column) {
+            connection.execute_batch(&format!(
+                "ALTER TABLE thresholds ADD COLUMN {column} INTEGER"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 impl AlertStore {
     pub(super) fn open(dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
         crate::storage::ensure_dir(dir)?;
         let path = dir.join("alerts.sqlite3");
         let connection = open_connection(&path, synchronous)?;
         connection.execute_batch(SCHEMA)?;
+        add_missing_threshold_columns(&connection)?;
         Ok(Self {
             writer: Worker::spawn("alerts".into(), connection, AlertWriter)?,
             readers: Arc::new(ReadPool::new(path)),
@@ -198,7 +219,7 @@ impl AlertStore {
         self.readers
             .read(|c| {
                 let mut stmt =
-                    c.prepare("SELECT sensor_id, max, min, hysteresis FROM thresholds")?;
+                    c.prepare("SELECT sensor_id, max, min, hysteresis, for_ms, stale_after_ms FROM thresholds")?;
                 let mut rows = stmt.query([])?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
@@ -207,6 +228,8 @@ impl AlertStore {
                         max: row.get(1)?,
                         min: row.get(2)?,
                         hysteresis: row.get(3)?,
+                        for_ms: row.get(4)?,
+                        stale_after_ms: row.get(5)?,
                     });
                 }
                 Ok(out)

@@ -24,7 +24,15 @@ fn parse_threshold(body: &Value) -> Result<Threshold, InvalidInput> {
         .ok_or_else(|| InvalidInput::new("body", "must be a JSON object"))?;
     reject_unknown_fields(
         object,
-        &["sensor_id", "threshold", "max", "min", "hysteresis"],
+        &[
+            "sensor_id",
+            "threshold",
+            "max",
+            "min",
+            "hysteresis",
+            "for",
+            "stale_after",
+        ],
     )?;
     let sensor_id: SensorId = match object.get("sensor_id") {
         Some(Value::String(s)) => s.parse()?,
@@ -48,12 +56,6 @@ fn parse_threshold(body: &Value) -> Result<Threshold, InvalidInput> {
     let max = optional("threshold")?.or(optional("max")?);
     let min = optional("min")?;
     let hysteresis = optional("hysteresis")?.unwrap_or(0.0);
-    if max.is_none() && min.is_none() {
-        return Err(InvalidInput::new(
-            "max",
-            "a threshold needs max (or threshold), min, or both",
-        ));
-    }
     if hysteresis < 0.0 {
         return Err(InvalidInput::new("hysteresis", "must not be negative"));
     }
@@ -62,11 +64,29 @@ fn parse_threshold(body: &Value) -> Result<Threshold, InvalidInput> {
     {
         return Err(InvalidInput::new("min", "must be below max"));
     }
+    let duration = |field: &str| match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => crate::history::parse_duration(field, text).map(Some),
+        Some(_) => Err(InvalidInput::new(
+            field,
+            "must be a duration such as \"30s\", \"15m\" or \"1h\"",
+        )),
+    };
+    let for_ms = duration("for")?;
+    let stale_after_ms = duration("stale_after")?;
+    if max.is_none() && min.is_none() && stale_after_ms.is_none() {
+        return Err(InvalidInput::new(
+            "max",
+            "a threshold needs max (or threshold), min, stale_after, or several",
+        ));
+    }
     Ok(Threshold {
         sensor_id,
         max,
         min,
         hysteresis,
+        for_ms,
+        stale_after_ms,
     })
 }
 
