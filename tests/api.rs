@@ -937,3 +937,34 @@ async fn for_keeps_short_spikes_quiet_and_fires_sustained_excursions() {
         (StatusCode::BAD_REQUEST, json!("for"))
     );
 }
+
+#[tokio::test]
+async fn a_pending_excursion_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let s = Service::start_in(dir.path(), "");
+        s.post(
+            "/set_threshold",
+            json!({"sensor_id": "p", "max": 10, "for": "1m"}),
+        )
+        .await;
+        ingest(&s, reading("p", T0, 20.0)).await;
+        assert_eq!(
+            s.get("/alerts").await.1,
+            json!([]),
+            "pending excursions are not alerts"
+        );
+        assert!(s.terminate().success());
+    }
+    let s = Service::start_in(dir.path(), "");
+    ingest(&s, reading("p", T0 + 60_000, 25.0)).await;
+    let (_, alerts) = s.get("/alerts").await;
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
+    assert_eq!(
+        (
+            alerts[0]["started_at"].clone(),
+            alerts[0]["readings"].clone()
+        ),
+        (json!("2025-07-05T18:00:00.000Z"), json!(2))
+    );
+}

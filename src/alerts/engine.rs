@@ -53,6 +53,8 @@ pub enum AlertKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
+    /// Out of range, waiting for `for` to pass; never shown to clients.
+    Pending,
     Firing,
     Resolved,
 }
@@ -205,7 +207,7 @@ pub fn evaluate(
             value,
             peak: value,
             readings: 1,
-            state: AlertState::Firing,
+            state: AlertState::Pending,
             started_at: timestamp_ms,
             resolved_at: None,
         },

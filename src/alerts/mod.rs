@@ -62,11 +62,12 @@ impl AlertService {
         for (sensor, last_ms) in store.progress().await? {
             sensors.entry(sensor).or_default().last_ms = Some(last_ms);
         }
-        for alert in store.firing().await? {
+        for alert in store.unresolved().await? {
             let sensor = sensors.entry(alert.sensor_id.clone()).or_default();
-            match alert.kind {
-                AlertKind::Stale => sensor.stale = Some(alert),
-                AlertKind::Above | AlertKind::Below => sensor.open = Some(alert),
+            match (alert.state, alert.kind) {
+                (AlertState::Pending, _) => sensor.pending = Some(alert),
+                (_, AlertKind::Stale) => sensor.stale = Some(alert),
+                _ => sensor.open = Some(alert),
             }
         }
         // Silence is measured from the start of this process: what the
@@ -175,9 +176,15 @@ impl AlertService {
         let mut changes = Vec::new();
         let mut progress: HashMap<SensorId, i64> = HashMap::new();
         let received = crate::reading::now_ms();
+        // Pending excursions (waiting for `for`) as they were before this
+        // batch, to persist what changed: they must survive a restart too.
+        let mut pending_before: HashMap<SensorId, Option<String>> = HashMap::new();
         for reading in relevant {
             let threshold = &thresholds[&reading.key.sensor];
             let state = sensors.entry(reading.key.sensor.clone()).or_default();
+            pending_before
+                .entry(reading.key.sensor.clone())
+                .or_insert_with(|| state.pending.as_ref().map(|p| p.id.clone()));
             changes.extend(engine::evaluate(
                 threshold,
                 state,
@@ -189,8 +196,19 @@ impl AlertService {
                 progress.insert(reading.key.sensor.clone(), last);
             }
         }
+        let mut alerts = alerts_of(&changes);
+        let mut dropped = Vec::new();
+        for (sensor, before) in pending_before {
+            let now = sensors.get(&sensor).and_then(|s| s.pending.clone());
+            if let Some(before) = before.filter(|id| now.as_ref().is_none_or(|p| p.id != *id)) {
+                // Ended as a short spike, or fired (then the row is no longer
+                // pending and stays).
+                dropped.push(before);
+            }
+            alerts.extend(now);
+        }
         self.store
-            .record(alerts_of(&changes), progress.into_iter().collect())
+            .record(alerts, progress.into_iter().collect(), dropped)
             .await?;
         self.announce(&changes);
         Ok(changes)
@@ -210,7 +228,9 @@ impl AlertService {
             changes.extend(engine::tick(threshold, state, now_ms));
         }
         if !changes.is_empty() {
-            self.store.record(alerts_of(&changes), Vec::new()).await?;
+            self.store
+                .record(alerts_of(&changes), Vec::new(), Vec::new())
+                .await?;
             self.announce(&changes);
         }
         Ok(changes)

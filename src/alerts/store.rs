@@ -41,13 +41,23 @@ CREATE TABLE IF NOT EXISTS sensor_progress (
 );
 ";
 
+fn state_name(state: AlertState) -> &'static str {
+    match state {
+        AlertState::Pending => "pending",
+        AlertState::Firing => "firing",
+        AlertState::Resolved => "resolved",
+    }
+}
+
 const ALERT_COLUMNS: &str =
     "id, sensor_id, kind, threshold, value, peak, readings, state, started_at, resolved_at";
 
 enum AlertWrite {
     PutThreshold(Threshold),
     RemoveThreshold(SensorId, Vec<Alert>),
-    Record(Vec<Alert>, Vec<(SensorId, i64)>),
+    /// Alerts to upsert (pending ones included), evaluation progress, and
+    /// ids of pending excursions that ended without firing.
+    Record(Vec<Alert>, Vec<(SensorId, i64)>, Vec<String>),
 }
 
 struct AlertWriter;
@@ -58,10 +68,7 @@ impl AlertWriter {
             "INSERT OR REPLACE INTO alerts ({ALERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ))?;
         for a in alerts {
-            let state = match a.state {
-                AlertState::Firing => "firing",
-                AlertState::Resolved => "resolved",
-            };
+            let state = state_name(a.state);
             stmt.execute(params![
                 a.id,
                 a.sensor_id.as_str(),
@@ -85,7 +92,9 @@ impl WriteExecutor for AlertWriter {
 
     fn weight(op: &AlertWrite) -> usize {
         match op {
-            AlertWrite::Record(alerts, progress) => alerts.len() + progress.len(),
+            AlertWrite::Record(alerts, progress, dropped) => {
+                alerts.len() + progress.len() + dropped.len()
+            }
             _ => 1,
         }
     }
@@ -104,10 +113,19 @@ impl WriteExecutor for AlertWriter {
                     "DELETE FROM thresholds WHERE sensor_id = ?1",
                     [sensor.as_str()],
                 )?;
+                tx.execute(
+                    "DELETE FROM alerts WHERE sensor_id = ?1 AND state = 'pending'",
+                    [sensor.as_str()],
+                )?;
                 Self::upsert_alerts(tx, resolved)?;
             }
-            AlertWrite::Record(alerts, progress) => {
+            AlertWrite::Record(alerts, progress, dropped) => {
                 Self::upsert_alerts(tx, alerts)?;
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM alerts WHERE id = ?1 AND state = 'pending'")?;
+                for id in dropped {
+                    delete.execute([id])?;
+                }
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO sensor_progress (sensor_id, last_ms) VALUES (?1, ?2)
                      ON CONFLICT (sensor_id) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
@@ -141,6 +159,7 @@ fn decode_alert(row: &Row<'_>) -> StorageResult<Alert> {
     let state = match row.get_ref(7)?.as_str()? {
         "firing" => AlertState::Firing,
         "resolved" => AlertState::Resolved,
+        "pending" => AlertState::Pending,
         other => return Err(StorageError::Corrupt(format!("alert state {other:?}"))),
     };
     Ok(Alert {
@@ -206,12 +225,13 @@ impl AlertStore {
         &self,
         alerts: Vec<Alert>,
         progress: Vec<(SensorId, i64)>,
+        dropped: Vec<String>,
     ) -> StorageResult<()> {
-        if alerts.is_empty() && progress.is_empty() {
+        if alerts.is_empty() && progress.is_empty() && dropped.is_empty() {
             return Ok(());
         }
         self.writer
-            .submit(AlertWrite::Record(alerts, progress))
+            .submit(AlertWrite::Record(alerts, progress, dropped))
             .await
     }
 
@@ -251,13 +271,20 @@ impl AlertStore {
             .await
     }
 
-    pub(super) async fn firing(&self) -> StorageResult<Vec<Alert>> {
-        self.alerts(AlertQuery {
-            state: Some(AlertState::Firing),
-            limit: usize::MAX,
-            ..AlertQuery::default()
-        })
-        .await
+    /// Episodes still open (firing) and excursions waiting for `for`.
+    pub(super) async fn unresolved(&self) -> StorageResult<Vec<Alert>> {
+        let mut open = Vec::new();
+        for state in [AlertState::Firing, AlertState::Pending] {
+            open.extend(
+                self.alerts(AlertQuery {
+                    state: Some(state),
+                    limit: usize::MAX,
+                    ..AlertQuery::default()
+                })
+                .await?,
+            );
+        }
+        Ok(open)
     }
 
     pub(super) async fn alerts(&self, query: AlertQuery) -> StorageResult<Vec<Alert>> {
@@ -266,14 +293,11 @@ impl AlertStore {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {ALERT_COLUMNS} FROM alerts
                      WHERE (?1 IS NULL OR sensor_id = ?1)
-                       AND (?2 IS NULL OR state = ?2)
+                       AND ((?2 IS NULL AND state != 'pending') OR state = ?2)
                        AND (?3 IS NULL OR resolved_at IS NULL OR resolved_at >= ?3)
                      ORDER BY started_at DESC, id DESC LIMIT ?4"
                 ))?;
-                let state = query.state.map(|s| match s {
-                    AlertState::Firing => "firing",
-                    AlertState::Resolved => "resolved",
-                });
+                let state = query.state.map(state_name);
                 let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
                 let mut rows = stmt.query(params![
                     query.sensor_id.as_ref().map(SensorId::as_str),
