@@ -705,15 +705,7 @@ async fn metrics_are_prometheus_text() {
     let (_dir, s) = service();
     ingest(&s, reading("s", T0, 1.0)).await;
     let _ = s.post("/ingest", json!({"value": 1})).await;
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let text = s.metrics_text().await;
     for needle in [
         "energyguard_readings_accepted_total 1",
         "energyguard_readings_rejected_total{reason=\"invalid\"} 1",
@@ -771,15 +763,7 @@ async fn a_restart_keeps_data_thresholds_alerts_and_replication() {
         (alerts[0]["state"].clone(), alerts[0]["readings"].clone()),
         (json!("firing"), json!(2))
     );
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics_text().await;
     assert!(
         !metrics.contains("transition=\"fired\""),
         "nothing re-fired after the restart:\n{metrics}"

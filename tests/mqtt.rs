@@ -99,15 +99,7 @@ async fn bad_payloads_go_to_the_dead_letter_topic_and_change_nothing() {
         assert!(letter.get("payload").is_some());
     }
     assert_eq!(s.get("/measurements").await.1, json!([]), "nothing stored");
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics_text().await;
     assert!(
         metrics.contains("energyguard_mqtt_dead_letters_total 5"),
         "{metrics}"

@@ -126,6 +126,17 @@ impl Service {
         panic!("the MQTT consumer did not subscribe within 10 s");
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// Live copies on all nodes together (`keys` of `/nodes_status`).
     pub async fn copies(&self) -> u64 {
         let (_, nodes) = self.get("/nodes_status").await;
