@@ -1,6 +1,7 @@
 //! The replicator: writes to a quorum of replicas, reads from live replicas,
 //! and owns the cluster's state (node statuses and placements).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -85,6 +86,14 @@ impl ClusterState {
         }
         holders
     }
+}
+
+/// Where one sensor's writes go: replicas that store them now, and
+/// replicas that are down and get hints.
+#[derive(Default)]
+struct Route {
+    stores: Vec<NodeId>,
+    hints: Vec<NodeId>,
 }
 
 /// Where one write batch goes.
@@ -372,39 +381,53 @@ impl Replicator {
         let state = self.state();
         let quorum = state.current.settings().write_quorum;
         let mut plan = WritePlan::default();
-        let mut targets: HashMap<SensorId, (Vec<NodeId>, Vec<NodeId>)> = HashMap::new();
+        // Where each sensor's records go: worked out once per sensor, since
+        // it depends only on the sensor (and the state, fixed while planning).
+        let mut routes: HashMap<SensorId, Route> = HashMap::new();
         for record in records {
-            let (owners, extra) = targets.entry(record.key.sensor.clone()).or_insert_with(|| {
-                let owners = state.current.replicas(&record.key.sensor);
-                let extra = state
-                    .holders(&record.key.sensor)
-                    .into_iter()
-                    .filter(|n| !owners.contains(n))
-                    .collect();
-                (owners, extra)
-            });
-            let voters: Vec<NodeId> = owners.iter().filter(|n| state.is_up(n)).cloned().collect();
-            if voters.len() < quorum {
-                return Err(ReplicationError::Unavailable {
-                    required: quorum,
-                    available: voters.len(),
-                });
-            }
-            // Previous owners keep receiving writes during a move so they stay
-            // complete (the ones that are down through hints, like owners:
-            // repair alone could not help them if the nodes that took the
-            // write were down by the time they recover).
-            for node in owners.iter().chain(extra.iter()) {
-                let destination = match state.status[node] {
-                    NodeStatus::Down => &mut plan.hints,
-                    NodeStatus::Up | NodeStatus::Recovering => &mut plan.stores,
-                };
-                destination
+            let route = match routes.entry(record.key.sensor.clone()) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    let voters: Vec<NodeId> = state
+                        .current
+                        .replicas(new.key())
+                        .into_iter()
+                        .filter(|n| state.is_up(n))
+                        .collect();
+                    if voters.len() < quorum {
+                        return Err(ReplicationError::Unavailable {
+                            required: quorum,
+                            available: voters.len(),
+                        });
+                    }
+                    plan.voter_sets.insert(voters);
+                    // Previous owners keep receiving writes during a move so
+                    // they stay complete (the ones that are down through
+                    // hints, like owners: repair alone could not help them if
+                    // the nodes that took the write were down by the time
+                    // they recover).
+                    let mut route = Route::default();
+                    for node in state.holders(new.key()) {
+                        match state.status[&node] {
+                            NodeStatus::Down => route.hints.push(node),
+                            NodeStatus::Up | NodeStatus::Recovering => route.stores.push(node),
+                        }
+                    }
+                    new.insert(route)
+                }
+            };
+            for node in &route.stores {
+                plan.stores
                     .entry(node.clone())
                     .or_default()
                     .push(record.clone());
             }
-            plan.voter_sets.insert(voters);
+            for node in &route.hints {
+                plan.hints
+                    .entry(node.clone())
+                    .or_default()
+                    .push(record.clone());
+            }
         }
         Ok((plan, quorum))
     }
