@@ -42,8 +42,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Broker(#[from] crate::mqtt::broker::BrokerError),
-    #[error(transparent)]
-    MqttUrl(#[from] crate::mqtt::consumer::UrlError),
+    #[error("mqtt.url {0}")]
+    MqttUrl(#[from] crate::mqtt::UrlError),
 }
 
 /// One Prometheus recorder per process (the `metrics` facade is global).

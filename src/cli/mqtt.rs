@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::{Value, json};
 
+use crate::mqtt::connection_options;
 use crate::reading::{SensorId, parse_timestamp_number, parse_timestamp_str};
 
 /// How to reach the broker.
@@ -28,18 +29,11 @@ pub struct BrokerArgs {
 }
 
 fn client(args: &BrokerArgs, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
-    let url = url::Url::parse(&args.url).map_err(|e| format!("--mqtt {}: {e}", args.url))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("--mqtt {}: a host is required", args.url))?;
     let id = format!("energyguard-{name}-{}", std::process::id());
-    let mut options = MqttOptions::new(id, host, url.port().unwrap_or(1883));
+    let mut options = connection_options(&args.url, id).map_err(|e| format!("--mqtt {e}"))?;
     options
         .set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(1 << 20, 1 << 20);
-    if !url.username().is_empty() {
-        options.set_credentials(url.username(), url.password().unwrap_or(""));
-    }
     Ok(AsyncClient::new(options, 1_000))
 }
 

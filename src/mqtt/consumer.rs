@@ -25,7 +25,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Topics, dead_letter};
+use super::{Topics, UrlError, connection_options, dead_letter};
 use crate::alerts::engine::{Change, Transition};
 use crate::ingest::Ingestor;
 use crate::reading::{Reading, now_ms};
@@ -33,13 +33,6 @@ use crate::reading::{Reading, now_ms};
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A batch is stored once no message arrived for this long.
 const QUIET_GAP: Duration = Duration::from_millis(2);
-
-#[derive(Debug, thiserror::Error)]
-#[error("mqtt.url {url:?}: {reason}")]
-pub struct UrlError {
-    url: String,
-    reason: String,
-}
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -84,35 +77,14 @@ impl ConsumerStatus {
 }
 
 fn options(settings: &ConsumerSettings) -> Result<MqttOptions, UrlError> {
-    let error = |reason: &str| UrlError {
-        url: settings.url.clone(),
-        reason: reason.into(),
-    };
-    let url = url::Url::parse(&settings.url).map_err(|e| error(&e.to_string()))?;
-    if !matches!(url.scheme(), "mqtt" | "tcp") {
-        return Err(error("the scheme must be mqtt:// or tcp://"));
-    }
-    let host = url.host_str().ok_or_else(|| error("a host is required"))?;
-    let mut options =
-        MqttOptions::new(settings.client_id.clone(), host, url.port().unwrap_or(1883));
+    let mut options = connection_options(&settings.url, settings.client_id.clone())?;
     options
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
         .set_inflight(1_000)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
-    if !url.username().is_empty() {
-        let decode = |s: &str| percent_decode(s);
-        options.set_credentials(decode(url.username()), decode(url.password().unwrap_or("")));
-    }
     Ok(options)
-}
-
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 /// Starts the consumer's tasks. They stop when `shutdown` turns true, after

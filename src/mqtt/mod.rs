@@ -9,12 +9,52 @@
 pub mod broker;
 pub mod consumer;
 
+use rumqttc::MqttOptions;
 use serde_json::Value;
 
 use crate::reading::{Key, Reading, Sample, SensorId, parse_reading};
 
 /// Readings in one MQTT message at most (the HTTP batch limit too).
 pub const MAX_READINGS_PER_MESSAGE: usize = 10_000;
+
+/// A broker URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{url:?}: {reason}")]
+pub struct UrlError {
+    url: String,
+    reason: String,
+}
+
+/// Connection options for `mqtt://[user[:password]@]host[:port]` (or
+/// `tcp://`), with percent-encoded credentials decoded. Callers add their
+/// session settings.
+pub fn connection_options(url: &str, client_id: String) -> Result<MqttOptions, UrlError> {
+    let error = |reason: String| UrlError {
+        url: url.to_string(),
+        reason,
+    };
+    let parsed = url::Url::parse(url).map_err(|e| error(e.to_string()))?;
+    if !matches!(parsed.scheme(), "mqtt" | "tcp") {
+        return Err(error("the scheme must be mqtt:// or tcp://".into()));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| error("a host is required".into()))?;
+    let mut options = MqttOptions::new(client_id, host, parsed.port().unwrap_or(1883));
+    if !parsed.username().is_empty() {
+        let decode = |text: &str| -> Result<String, UrlError> {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .map(|t| t.into_owned())
+                .map_err(|e| error(format!("credentials: {e}")))
+        };
+        options.set_credentials(
+            decode(parsed.username())?,
+            decode(parsed.password().unwrap_or(""))?,
+        );
+    }
+    Ok(options)
+}
 
 /// The topics under a prefix.
 #[derive(Debug, Clone)]
@@ -167,6 +207,18 @@ mod tests {
         ] {
             let error = topics.parse_message(topic, payload, NOW).expect_err(needle);
             assert!(error.contains(needle), "{topic} {payload:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn broker_urls() {
+        let options = connection_options("mqtt://us%40er:p%2Bw@broker.local:1884", "id".into())
+            .expect("valid");
+        assert_eq!(options.broker_address(), ("broker.local".to_string(), 1884));
+        let plain = connection_options("tcp://127.0.0.1", "id".into()).expect("valid");
+        assert_eq!(plain.broker_address().1, 1883);
+        for bad in ["http://host", "mqtt://", "not a url", "mqtt://u%ff:p@host"] {
+            assert!(connection_options(bad, "id".into()).is_err(), "{bad}");
         }
     }
 
