@@ -187,11 +187,9 @@ pub async fn history(
         ..Scan::default()
     };
     let probe = Scan {
+        sensor: Some(sensor.clone()),
         limit: 1,
-        ..Scan {
-            sensor: Some(sensor.clone()),
-            ..Scan::default()
-        }
+        ..Scan::default()
     };
     if state.replicator.scan(probe).await?.is_empty() {
         return Err(ApiError::NotFound(format!(
