@@ -22,6 +22,7 @@ use crate::ingest::Ingestor;
 use crate::mqtt::Topics;
 use crate::mqtt::broker::{self, BrokerSettings};
 use crate::mqtt::consumer::{self, ConsumerSettings, ConsumerStatus};
+use crate::mqtt::front_door::FrontDoor;
 use crate::replication::{PlacementSpec, ReplicationError, Replicator};
 use crate::storage::StorageError;
 
@@ -115,8 +116,7 @@ pub async fn run(
     }
     let stale_checks = tokio::spawn(check_stale_sensors(alerts.clone()));
     let (stop_mqtt, mqtt_stopping) = tokio::sync::watch::channel(false);
-    let (mqtt_status, consumer) =
-        start_mqtt(&config.mqtt, ingestor.clone(), &alerts, mqtt_stopping)?;
+    let mqtt = start_mqtt(&config.mqtt, ingestor.clone(), &alerts, mqtt_stopping).await?;
 
     let state = AppState {
         replicator: replicator.clone(),
@@ -124,7 +124,7 @@ pub async fn run(
         alerts: alerts.clone(),
         auth: Arc::new(auth),
         metrics: metrics_handle(),
-        mqtt: Some(mqtt_status),
+        mqtt: Some(mqtt.status),
     };
     let app = router(state, config.http.max_body_bytes);
     let local = listener.local_addr()?;
@@ -135,9 +135,15 @@ pub async fn run(
             tracing::info!("shutdown: no new requests; finishing requests in flight");
         })
         .await?;
+    if let Some(front_door) = mqtt.front_door {
+        tracing::info!("shutdown: closing MQTT connections; no new readings");
+        if !front_door.close(MQTT_STOP_TIMEOUT).await {
+            tracing::warn!("shutdown: the embedded broker kept connections open past the timeout");
+        }
+    }
     tracing::info!("shutdown: stopping MQTT intake; storing and acknowledging what was received");
     let _ = stop_mqtt.send(true);
-    if tokio::time::timeout(std::time::Duration::from_secs(30), consumer)
+    if tokio::time::timeout(MQTT_STOP_TIMEOUT, mqtt.consumer)
         .await
         .is_err()
     {
@@ -152,46 +158,54 @@ pub async fn run(
     Ok(())
 }
 
+/// How long each MQTT shutdown step may take.
+const MQTT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The running MQTT side.
+struct Mqtt {
+    status: Arc<ConsumerStatus>,
+    consumer: tokio::task::JoinHandle<()>,
+    /// The embedded broker's relay, closed first at shutdown.
+    front_door: Option<FrontDoor>,
+}
+
 /// Starts the embedded broker (when configured) and the consumer.
-fn start_mqtt(
+async fn start_mqtt(
     mqtt: &crate::config::MqttConfig,
     ingestor: Arc<Ingestor>,
     alerts: &AlertService,
     stopping: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Arc<ConsumerStatus>, tokio::task::JoinHandle<()>), ServeError> {
-    if mqtt.embedded {
-        broker::start(&BrokerSettings {
+) -> Result<Mqtt, ServeError> {
+    let topics = Topics::new(&mqtt.topic_prefix);
+    let (url, front_door, drain_marker) = if mqtt.embedded {
+        let broker = broker::start(&BrokerSettings {
             listen: mqtt.listen,
             max_payload_bytes: mqtt.max_payload_bytes,
             memory_mb: mqtt.broker_memory_mb,
-        })?;
-    }
-    let url = match &mqtt.url {
-        Some(url) => url.clone(),
-        None => {
-            // An unspecified listen address (0.0.0.0) is reached on loopback.
-            let mut local = mqtt.listen;
-            if local.ip().is_unspecified() {
-                local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("mqtt://{local}")
-        }
+        })
+        .await?;
+        let url = format!("mqtt://{}", broker.internal);
+        (url, Some(broker.front_door), Some(topics.drain_marker()))
+    } else {
+        let url = mqtt.url.clone().unwrap_or_default();
+        (url, None, None)
     };
     let settings = ConsumerSettings {
         url,
         client_id: mqtt.client_id.clone(),
-        topics: Topics::new(&mqtt.topic_prefix),
+        topics,
         share_group: mqtt.share_group.clone(),
         batch_messages: mqtt.batch_messages,
         batch_interval: std::time::Duration::from_millis(mqtt.batch_interval_ms),
         max_packet_bytes: mqtt.max_payload_bytes + 1024,
+        drain_marker,
     };
-    Ok(consumer::spawn(
-        settings,
-        ingestor,
-        alerts.subscribe(),
-        stopping,
-    )?)
+    let (status, consumer) = consumer::spawn(settings, ingestor, alerts.subscribe(), stopping)?;
+    Ok(Mqtt {
+        status,
+        consumer,
+        front_door,
+    })
 }
 
 /// How often silent sensors are looked for (`stale_after` is at least 1 s).

@@ -215,3 +215,89 @@ async fn a_burst_of_200k_qos1_readings_is_stored_completely() {
     );
     assert_eq!(stored, BURST as u64, "every acknowledged reading is stored");
 }
+
+/// A QoS 1 publisher that records which readings the broker acknowledged:
+/// readings `0..` to sensors `s0..s19`, as fast as the broker takes them,
+/// until the connection ends.
+async fn publish_until_disconnected(port: u16) -> Vec<i64> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let mut options = MqttOptions::new("steady", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    tokio::spawn(async move {
+        for i in 0.. {
+            let payload = format!(
+                r#"{{"timestamp":{},"value":{i}}}"#,
+                (T0 + i) as f64 / 1000.0
+            );
+            let topic = format!("energyguard/readings/s{}", i % 20);
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut in_flight = std::collections::HashMap::new();
+    let mut sent = 0;
+    let mut acknowledged = Vec::new();
+    while let Ok(event) = eventloop.poll().await {
+        match event {
+            Event::Outgoing(Outgoing::Publish(packet_id)) => {
+                in_flight.insert(packet_id, sent);
+                sent += 1;
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                acknowledged.extend(in_flight.remove(&ack.pkid));
+            }
+            _ => {}
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_stores_every_reading_the_embedded_broker_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    let publisher = tokio::spawn(publish_until_disconnected(s.mqtt_port));
+    for _ in 0..600 {
+        if s.copies().await / 2 >= 3_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, log) = tokio::task::spawn_blocking(move || s.terminate_with_log())
+        .await
+        .expect("terminate");
+    assert!(status.success(), "{status:?}: {log:#?}");
+    assert!(
+        log.iter().any(|line| line.contains("MQTT drained")),
+        "{log:#?}"
+    );
+    let acknowledged = publisher.await.expect("publisher");
+    assert!(acknowledged.len() >= 3_000, "{} acked", acknowledged.len());
+
+    let s = Service::start_in(dir.path(), "");
+    let mut stored = std::collections::HashSet::new();
+    for sensor in 0..20 {
+        let (_, history) = s.get(&format!("/sensor/s{sensor}/history")).await;
+        for point in history.as_array().expect("history") {
+            stored.insert(point["value"].as_f64().expect("value") as i64);
+        }
+    }
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|i| !stored.contains(i))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged readings missing, e.g. {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(10)]
+    );
+}

@@ -1,9 +1,10 @@
 //! The embedded MQTT broker (rumqttd), configured in code from our config.
 //!
 //! rumqttd has no stop API and its `start()` blocks forever, so it runs on
-//! its own OS thread for the life of the process. It only logs a failure to
-//! bind, so the port is checked first (for a clear start-up error) and
-//! readiness is probed by connecting to it.
+//! its own OS thread for the life of the process, on a private loopback
+//! port. Clients reach it through the [`FrontDoor`] relay on `mqtt.listen`,
+//! which we bind ourselves (a taken port is a clear start-up error; rumqttd
+//! would only log it) and can close at shutdown.
 //!
 //! Its one sharp edge that loses data: a subscriber that falls further behind
 //! than the router's in-memory window (`max_segment_size × max_segment_count`)
@@ -12,10 +13,12 @@
 //! of it by batching, and the README documents the limit.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use super::front_door::FrontDoor;
 
 /// Segments the window is split into.
 const SEGMENTS: usize = 16;
@@ -38,7 +41,7 @@ pub struct BrokerSettings {
     pub memory_mb: usize,
 }
 
-fn config(settings: &BrokerSettings) -> Config {
+fn config(settings: &BrokerSettings, internal: SocketAddr) -> Config {
     let segment = (settings.memory_mb.max(SEGMENTS) * 1024 * 1024) / SEGMENTS;
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
@@ -52,7 +55,7 @@ fn config(settings: &BrokerSettings) -> Config {
     };
     let server = ServerSettings {
         name: "v4".into(),
-        listen: settings.listen,
+        listen: internal,
         tls: None,
         next_connection_delay_ms: 1,
         connections,
@@ -71,13 +74,28 @@ fn config(settings: &BrokerSettings) -> Config {
     }
 }
 
-/// Starts the broker on its own thread and waits until it accepts
-/// connections.
-pub fn start(settings: &BrokerSettings) -> Result<(), BrokerError> {
+/// The running embedded broker.
+pub struct EmbeddedBroker {
+    /// Where rumqttd itself listens (loopback, private): the consumer's
+    /// address, so closing the front door does not close the consumer.
+    pub internal: SocketAddr,
+    /// The relay on `mqtt.listen` that every other client goes through.
+    pub front_door: FrontDoor,
+}
+
+/// Binds `mqtt.listen`, starts rumqttd on its own thread on a private
+/// loopback port, waits until it accepts connections, then opens the front
+/// door.
+pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
     let listen = settings.listen;
     let error = |reason: String| BrokerError::Listen { listen, reason };
-    drop(TcpListener::bind(listen).map_err(|e| error(e.to_string()))?);
-    let config = config(settings);
+    let public = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    let internal = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|probe| probe.local_addr())
+        .map_err(|e| error(format!("no free loopback port for the broker: {e}")))?;
+    let config = config(settings, internal);
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -89,14 +107,17 @@ pub fn start(settings: &BrokerSettings) -> Result<(), BrokerError> {
         })
         .map_err(|e| error(e.to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+    while tokio::net::TcpStream::connect(internal).await.is_err() {
         if Instant::now() > deadline {
             return Err(error("it did not accept connections within 10 s".into()));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(%listen, window_mb = settings.memory_mb, "embedded MQTT broker listening");
-    Ok(())
+    Ok(EmbeddedBroker {
+        internal,
+        front_door: FrontDoor::open(public, internal),
+    })
 }
 
 /// A tracing layer that counts rumqttd's report of a subscriber skipping

@@ -16,6 +16,15 @@
 //!   write quorum is unmet it retries and acks nothing, so the broker keeps
 //!   (and after a restart redelivers) the messages;
 //! * the alert publisher sends fired and resolved alerts, QoS 1, retained.
+//!
+//! Stopping: with an external broker, the consumer stores and acks what it
+//! has received and leaves the rest to the broker's persistent session.
+//! The embedded broker keeps nothing past the process, so there the writer
+//! drains it instead: once the front door is closed (no publisher can add
+//! anything), it publishes a marker to a readings topic of its own and keeps
+//! storing until the marker comes back. The broker delivers a subscription's
+//! messages in log order, so everything published before the marker (all it
+//! ever acknowledged to a publisher) has then been stored and acknowledged.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +54,10 @@ pub struct ConsumerSettings {
     pub batch_messages: usize,
     pub batch_interval: Duration,
     pub max_packet_bytes: usize,
+    /// The topic of the shutdown marker when the broker must be drained
+    /// before exit (the embedded one); `None` leaves undelivered messages
+    /// to the broker.
+    pub drain_marker: Option<String>,
 }
 
 /// Whether the consumer is connected and subscribed, for `/healthz` and
@@ -159,10 +172,10 @@ async fn poll_loop(
                 tracing::info!(%filter, "MQTT subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if *shutdown.borrow() || messages.send(publish).is_err() {
-                    // Stopping: not stored, not acknowledged; the broker keeps it.
-                    continue;
-                }
+                // Fails once the writer has stopped taking messages: then
+                // this one is neither stored nor acknowledged, and the
+                // broker keeps it.
+                let _ = messages.send(publish);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
@@ -186,19 +199,24 @@ async fn writer(
     mut inbox: mpsc::UnboundedReceiver<Publish>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let mut stopping = false;
     loop {
-        let first = tokio::select! {
-            message = inbox.recv() => message,
-            _ = wait_for(shutdown.clone()) => {
-                // Stopping: store and acknowledge what was already received.
-                inbox.close();
-                inbox.recv().await
+        let first = if stopping {
+            inbox.recv().await
+        } else {
+            tokio::select! {
+                message = inbox.recv() => message,
+                _ = wait_for(shutdown.clone()) => {
+                    stopping = true;
+                    begin_stop(&settings, &client, &mut inbox).await;
+                    continue;
+                }
             }
         };
         let Some(first) = first else { return };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + settings.batch_interval;
-        while batch.len() < settings.batch_messages {
+        while batch.len() < settings.batch_messages && !ends_drain(&settings, &batch) {
             // Flush once the inbox stays quiet for a moment: a broker sends
             // only so many unacknowledged messages (rumqttd: 100 per
             // connection), so waiting for a fuller batch would only stall.
@@ -208,8 +226,40 @@ async fn writer(
                 _ => break,
             }
         }
+        let drained = ends_drain(&settings, &batch);
         store_batch(&settings, &client, &ingestor, batch).await;
+        if drained {
+            tracing::info!("MQTT drained: everything the broker accepted is stored");
+            return;
+        }
     }
+}
+
+/// Stops intake: either sends the drain marker (and keeps consuming until
+/// it returns) or takes nothing more than what was already received.
+async fn begin_stop(
+    settings: &ConsumerSettings,
+    client: &AsyncClient,
+    inbox: &mut mpsc::UnboundedReceiver<Publish>,
+) {
+    let Some(marker) = &settings.drain_marker else {
+        inbox.close();
+        return;
+    };
+    tracing::info!("draining the embedded MQTT broker");
+    if let Err(error) = client
+        .publish(marker.as_str(), QoS::AtLeastOnce, false, Vec::new())
+        .await
+    {
+        tracing::error!(%error, "cannot publish the drain marker; stopping without draining");
+        inbox.close();
+    }
+}
+
+/// Whether the batch ends with the drain marker.
+fn ends_drain(settings: &ConsumerSettings, batch: &[Publish]) -> bool {
+    let last = batch.last().map(|message| message.topic.as_str());
+    settings.drain_marker.is_some() && last == settings.drain_marker.as_deref()
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
@@ -226,7 +276,8 @@ async fn store_batch(
     let received = now_ms();
     let mut readings: Vec<Reading> = Vec::new();
     let mut dead = Vec::new();
-    for message in &batch {
+    let marker = settings.drain_marker.as_deref();
+    for message in batch.iter().filter(|m| Some(m.topic.as_str()) != marker) {
         match settings
             .topics
             .parse_message(&message.topic, &message.payload, received)
@@ -261,7 +312,8 @@ async fn store_batch(
             tracing::error!(%error, "publishing a dead letter failed");
         }
     }
-    metrics::counter!("energyguard_mqtt_messages_total").increment(batch.len() as u64);
+    let from_sensors = batch.iter().filter(|m| Some(m.topic.as_str()) != marker);
+    metrics::counter!("energyguard_mqtt_messages_total").increment(from_sensors.count() as u64);
     tracing::debug!(messages = batch.len(), "MQTT batch stored; acknowledging");
     for message in &batch {
         if let Err(error) = client.ack(message).await {

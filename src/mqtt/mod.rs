@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod consumer;
+pub mod front_door;
 
 use rumqttc::MqttOptions;
 use serde_json::Value;
@@ -77,6 +78,16 @@ impl Topics {
         } else {
             format!("$share/{share_group}/{}/readings/+", self.prefix)
         }
+    }
+
+    /// A readings topic no sensor uses, unique to this process: the
+    /// consumer's shutdown marker (see [`consumer`]).
+    pub fn drain_marker(&self) -> String {
+        format!(
+            "{}/readings/energyguard-drain-{:016x}",
+            self.prefix,
+            rand::random::<u64>()
+        )
     }
 
     pub fn deadletter(&self) -> String {
