@@ -22,9 +22,11 @@ const NOT_CONFIG_KEYS: [&str; 3] = ["api_token", "url", "token"];
 /// String keys whose environment values must be taken verbatim: figment's
 /// `Env` parses every value, so `ENERGYGUARD_MQTT__CLIENT_ID=007` would
 /// arrive as the integer 7.
-const VERBATIM_KEYS: [&str; 5] = [
+const VERBATIM_KEYS: [&str; 7] = [
     "data_dir",
     "mqtt.url",
+    "mqtt.username",
+    "mqtt.password",
     "mqtt.topic_prefix",
     "mqtt.client_id",
     "mqtt.share_group",
@@ -60,6 +62,11 @@ pub struct MqttConfig {
     /// The broker to consume from; defaults to `listen` when embedded.
     #[serde(deserialize_with = "optional_text")]
     pub url: Option<String>,
+    /// Credentials for the broker at `url`; they win over any in the URL.
+    #[serde(deserialize_with = "optional_text")]
+    pub username: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
+    pub password: Option<String>,
     pub topic_prefix: String,
     pub client_id: String,
     pub share_group: String,
@@ -152,6 +159,8 @@ impl Default for MqttConfig {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             url: None,
+            username: None,
+            password: None,
             topic_prefix: "energyguard".into(),
             client_id: "energyguard".into(),
             share_group: String::new(),
@@ -292,6 +301,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "mqtt.url",
                 "is required when mqtt.embedded is false",
+            ));
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return Err(ConfigError::invalid(
+                "mqtt.password",
+                "needs mqtt.username as well",
             ));
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {

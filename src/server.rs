@@ -190,8 +190,16 @@ async fn start_mqtt(
         let url = mqtt.url.clone().unwrap_or_default();
         (url, None, None)
     };
+    if mqtt.embedded && mqtt.url.is_some() {
+        tracing::warn!("mqtt.url is ignored while mqtt.embedded is true");
+    }
+    let credentials = mqtt
+        .username
+        .clone()
+        .map(|username| (username, mqtt.password.clone().unwrap_or_default()));
     let settings = ConsumerSettings {
         url,
+        credentials,
         client_id: mqtt.client_id.clone(),
         topics,
         share_group: mqtt.share_group.clone(),

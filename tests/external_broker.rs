@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
-use common::mqtt_client::connect;
+use common::mqtt_client::{connect, connect_as};
 use common::service::*;
 use serde_json::{Value, json};
 
@@ -110,4 +110,162 @@ async fn sigkill_mid_stream_loses_nothing_and_stores_nothing_twice() {
         2 * READINGS as u64,
         "exactly two copies of each, none twice"
     );
+}
+
+/// Publishes `count` readings of sensor `sensor` with values `first..`.
+async fn publish_readings(
+    meter: &common::mqtt_client::Client,
+    sensor: &str,
+    first: i64,
+    count: i64,
+) {
+    for i in first..first + count {
+        let payload = format!(
+            r#"{{"timestamp":{},"value":{i}}}"#,
+            (T0 + i) as f64 / 1000.0
+        );
+        meter
+            .publish(&format!("energyguard/readings/{sensor}"), payload)
+            .await;
+    }
+}
+
+async fn wait_stored(s: &Service, count: u64) {
+    let mut now = 0;
+    for _ in 0..600 {
+        now = stored(s).await;
+        if now >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, count, "readings stored");
+}
+
+/// Blocks until a log line contains `needle` (after those already read).
+fn wait_for_log(s: &Service, needle: &str) {
+    loop {
+        match s.log.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needle:?} within 30 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_reconnects_and_resubscribes_after_the_broker_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = Mosquitto::start(dir.path());
+    let s = Service::start_with_broker(dir.path(), broker.port);
+    s.wait_subscribed().await;
+    let meter = connect(broker.port, "before", &[]).await;
+    publish_readings(&meter, "r1", 0, 500).await;
+    wait_stored(&s, 500).await;
+
+    broker.restart();
+    wait_for_log(&s, "MQTT connection lost");
+    wait_for_log(&s, "MQTT subscribed");
+    let (_, health) = s.get("/healthz").await;
+    assert_eq!(health["mqtt"]["connected"], true, "{health}");
+    let meter = connect(broker.port, "after", &[]).await;
+    publish_readings(&meter, "r1", 500, 500).await;
+    wait_stored(&s, 1_000).await;
+    assert!(
+        s.metrics_text()
+            .await
+            .contains("energyguard_mqtt_connected 1")
+    );
+}
+
+/// Values stored for sensors `g0..g9` on one instance.
+async fn stored_values(s: &Service) -> Vec<i64> {
+    let mut values = Vec::new();
+    for sensor in 0..10 {
+        let (_, history) = s.get(&format!("/sensor/g{sensor}/history")).await;
+        for point in history.as_array().into_iter().flatten() {
+            values.push(point["value"].as_f64().expect("value") as i64);
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_in_a_share_group_split_the_readings_between_them() {
+    const READINGS: i64 = 2_000;
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let broker = Mosquitto::start(dir_a.path());
+    let group = |id: &str| {
+        format!("url = \"mqtt://127.0.0.1:{{port}}\"\nclient_id = \"{id}\"\nshare_group = \"eg\"")
+    };
+    let a = Service::start_with_broker_as(dir_a.path(), broker.port, &group("eg-a"));
+    let b = Service::start_with_broker_as(dir_b.path(), broker.port, &group("eg-b"));
+    a.wait_subscribed().await;
+    b.wait_subscribed().await;
+    let meter = connect(broker.port, "meter", &[]).await;
+    for i in 0..READINGS {
+        let payload = format!(
+            r#"{{"timestamp":{},"value":{i}}}"#,
+            (T0 + i) as f64 / 1000.0
+        );
+        meter
+            .publish(&format!("energyguard/readings/g{}", i % 10), payload)
+            .await;
+    }
+    let mut total = 0;
+    for _ in 0..600 {
+        total = stored(&a).await + stored(&b).await;
+        if total >= READINGS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total, READINGS as u64);
+    let (on_a, on_b) = (stored_values(&a).await, stored_values(&b).await);
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "both instances took a share"
+    );
+    let mut all: Vec<i64> = on_a.into_iter().chain(on_b).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..READINGS).collect::<Vec<_>>(),
+        "each reading on exactly one instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_the_url_or_the_config_and_wrong_ones_are_reported() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (user, password) = ("meter@site", "p:ss w0rd");
+    let broker = Mosquitto::start_with_user(dir.path(), Some((user, password)));
+    let meter = connect_as(broker.port, "meter", Some((user, password)), &[]).await;
+
+    let in_url =
+        "url = \"mqtt://meter%40site:p%3Ass%20w0rd@127.0.0.1:{port}\"\nclient_id = \"eg-url\"";
+    let s = Service::start_with_broker_as(dir.path(), broker.port, in_url);
+    s.wait_subscribed().await;
+    publish_readings(&meter, "c1", 0, 10).await;
+    wait_stored(&s, 10).await;
+    drop(s);
+
+    let in_config = tempfile::tempdir().expect("temp dir");
+    let keys = "url = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"eg-config\"\n\
+                username = \"meter@site\"\npassword = \"p:ss w0rd\"";
+    let s = Service::start_with_broker_as(in_config.path(), broker.port, keys);
+    s.wait_subscribed().await;
+    publish_readings(&meter, "c2", 0, 10).await;
+    wait_stored(&s, 10).await;
+    drop(s);
+
+    let wrong = tempfile::tempdir().expect("temp dir");
+    let keys = "url = \"mqtt://meter%40site:guess@127.0.0.1:{port}\"\nclient_id = \"eg-wrong\"";
+    let s = Service::start_with_broker_as(wrong.path(), broker.port, keys);
+    wait_for_log(&s, "MQTT connection lost");
+    let (_, health) = s.get("/healthz").await;
+    assert_eq!(health["mqtt"]["connected"], false, "{health}");
 }

@@ -47,6 +47,8 @@ const QUIET_GAP: Duration = Duration::from_millis(2);
 pub struct ConsumerSettings {
     /// `mqtt://[user[:password]@]host[:port]`.
     pub url: String,
+    /// Username and password; they win over any in the URL.
+    pub credentials: Option<(String, String)>,
     pub client_id: String,
     pub topics: Topics,
     pub share_group: String,
@@ -91,6 +93,9 @@ impl ConsumerStatus {
 
 fn options(settings: &ConsumerSettings) -> Result<MqttOptions, UrlError> {
     let mut options = connection_options(&settings.url, settings.client_id.clone())?;
+    if let Some((username, password)) = &settings.credentials {
+        options.set_credentials(username, password);
+    }
     options
         .set_clean_session(false)
         .set_manual_acks(true)

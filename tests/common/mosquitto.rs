@@ -1,9 +1,9 @@
 //! A real mosquitto broker with persistence, on a free port in a temp dir,
-//! killed on drop. The binary comes from Debian's `mosquitto` package
+//! killed on drop. The binaries come from Debian's `mosquitto` package
 //! (`.ci/run` installs it when missing).
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,44 +11,87 @@ use super::service::free_port;
 
 pub struct Mosquitto {
     pub port: u16,
+    config: PathBuf,
     child: Child,
 }
 
 impl Mosquitto {
+    /// Anonymous clients allowed.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_user(dir, None)
+    }
+
+    /// With `user` (name, password), only that user may connect.
+    pub fn start_with_user(dir: &Path, user: Option<(&str, &str)>) -> Self {
         let port = free_port();
         let store = dir.join("mosquitto");
         std::fs::create_dir_all(&store).expect("mosquitto dir");
+        let access = match user {
+            None => "allow_anonymous true\n".to_string(),
+            Some((name, password)) => {
+                let file = dir.join("mosquitto.passwd");
+                let created = Command::new("mosquitto_passwd")
+                    .args(["-b", "-c"])
+                    .arg(&file)
+                    .args([name, password])
+                    .status()
+                    .expect("run mosquitto_passwd");
+                assert!(created.success(), "mosquitto_passwd failed");
+                format!("allow_anonymous false\npassword_file {}\n", file.display())
+            }
+        };
         let config = dir.join("mosquitto.conf");
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n",
+                "listener {port} 127.0.0.1\n{access}persistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n",
                 store.display()
             ),
         )
         .expect("mosquitto config");
-        let binary = ["/usr/sbin/mosquitto", "mosquitto"]
-            .into_iter()
-            .find(|b| Path::new(b).exists() || *b == "mosquitto")
-            .unwrap_or("mosquitto");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto (apt-get install -y mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let child = spawn(&config, port);
+        Self {
+            port,
+            config,
+            child,
         }
-        Self { port, child }
     }
+
+    /// Stops the broker the way an operator would (SIGTERM: it saves its
+    /// persistent sessions and queued messages) and starts it again on the
+    /// same port.
+    pub fn restart(&mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("send SIGTERM");
+        self.child.wait().expect("mosquitto exits");
+        self.child = spawn(&self.config, self.port);
+    }
+}
+
+fn spawn(config: &Path, port: u16) -> Child {
+    let binary = if Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    };
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto (apt-get install -y mosquitto)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Mosquitto {

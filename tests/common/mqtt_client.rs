@@ -12,7 +12,20 @@ pub struct Client {
 }
 
 pub async fn connect(port: u16, name: &str, subscribe: &[&str]) -> Client {
+    connect_as(port, name, None, subscribe).await
+}
+
+/// [`connect`] with a username and password.
+pub async fn connect_as(
+    port: u16,
+    name: &str,
+    credentials: Option<(&str, &str)>,
+    subscribe: &[&str],
+) -> Client {
     let mut options = MqttOptions::new(name, "127.0.0.1", port);
+    if let Some((username, password)) = credentials {
+        options.set_credentials(username, password);
+    }
     options
         .set_keep_alive(Duration::from_secs(5))
         .set_max_packet_size(1 << 20, 1 << 20);

@@ -63,8 +63,20 @@ impl Service {
 
     /// Starts the service consuming from an external broker on `broker_port`.
     pub fn start_with_broker(dir: &Path, broker_port: u16) -> Self {
+        Self::start_with_broker_as(
+            dir,
+            broker_port,
+            "url = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"eg-test\"",
+        )
+    }
+
+    /// Starts the service consuming from an external broker on
+    /// `broker_port`, with `mqtt` as the rest of its `[mqtt]` section
+    /// (`{port}` in it is replaced by the broker's port).
+    pub fn start_with_broker_as(dir: &Path, broker_port: u16, mqtt: &str) -> Self {
         let mqtt = format!(
-            "embedded = false\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nclient_id = \"eg-test\""
+            "embedded = false\n{}",
+            mqtt.replace("{port}", &broker_port.to_string())
         );
         Self::start(dir, broker_port, &mqtt, "")
     }
