@@ -203,7 +203,13 @@ async fn start_mqtt(
         client_id: mqtt.client_id.clone(),
         topics,
         share_group: mqtt.share_group.clone(),
-        batch_messages: mqtt.batch_messages,
+        // The embedded broker never has more unacknowledged messages out:
+        // store as soon as that many arrived rather than wait for more.
+        batch_messages: if mqtt.embedded {
+            mqtt.batch_messages.min(broker::OUTGOING_INFLIGHT)
+        } else {
+            mqtt.batch_messages
+        },
         batch_interval: std::time::Duration::from_millis(mqtt.batch_interval_ms),
         max_packet_bytes: mqtt.max_payload_bytes + 1024,
         drain_marker,

@@ -20,6 +20,11 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 use super::front_door::FrontDoor;
 
+/// rumqttd sends a subscriber at most this many unacknowledged QoS 1
+/// messages (a constant in its router, not configurable): a consumer that
+/// acknowledges after storing gets at most this many per store.
+pub const OUTGOING_INFLIGHT: usize = 100;
+
 /// Segments the window is split into.
 const SEGMENTS: usize = 16;
 

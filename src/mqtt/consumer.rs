@@ -52,7 +52,9 @@ pub struct ConsumerSettings {
     pub client_id: String,
     pub topics: Topics,
     pub share_group: String,
-    /// Messages stored per batch at most.
+    /// Messages stored per batch at most; a full batch is stored at once.
+    /// Best set to the broker's limit of unacknowledged messages per
+    /// subscriber, since no more arrive until the batch is acknowledged.
     pub batch_messages: usize,
     pub batch_interval: Duration,
     pub max_packet_bytes: usize,
@@ -223,8 +225,8 @@ async fn writer(
         let deadline = tokio::time::Instant::now() + settings.batch_interval;
         while batch.len() < settings.batch_messages && !ends_drain(&settings, &batch) {
             // Flush once the inbox stays quiet for a moment: a broker sends
-            // only so many unacknowledged messages (rumqttd: 100 per
-            // connection), so waiting for a fuller batch would only stall.
+            // only so many unacknowledged messages, so waiting for a fuller
+            // batch would only stall.
             let quiet = (tokio::time::Instant::now() + QUIET_GAP).min(deadline);
             match tokio::time::timeout_at(quiet, inbox.recv()).await {
                 Ok(Some(message)) => batch.push(message),
