@@ -166,6 +166,16 @@ pub enum Command {
         #[command(flatten)]
         broker: mqtt::BrokerArgs,
     },
+    /// Measure both replication strategies end to end (write, read, fail,
+    /// recover, MQTT ingest): results.json and PNG plots in --out.
+    Bench {
+        /// Readings per bulk workload; request counts scale with it.
+        #[arg(long, default_value_t = 50_000)]
+        readings: usize,
+        /// Where results.json and the plots go.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Print alerts as they are published over MQTT (until Ctrl-C).
     Watch {
         #[command(flatten)]
@@ -239,11 +249,31 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
+/// Runs `energyguard bench` and prints its table.
+async fn bench(readings: usize, out: PathBuf) -> ExitCode {
+    let options = crate::bench::BenchOptions { readings, out };
+    match crate::bench::run(&options).await {
+        Ok(results) => {
+            print!("{}", results.table());
+            println!(
+                "results: {}  plots: operation_time.png, throughput.png, recovery.png",
+                options.out.join("results.json").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a client command; answers the process exit code.
 pub async fn run_client(command: Command) -> ExitCode {
     let command = match command {
         Command::Publish { file, broker } => return mqtt::publish(file, broker).await,
         Command::Watch { broker, json } => return mqtt::watch(broker, json).await,
+        Command::Bench { readings, out } => return bench(readings, out).await,
         other => other,
     };
     let (call, client) = match build(command) {
@@ -272,7 +302,10 @@ pub async fn run_client(command: Command) -> ExitCode {
 fn build(command: Command) -> Option<(Call, ClientArgs)> {
     use Method as M;
     Some(match command {
-        Command::Serve { .. } | Command::Publish { .. } | Command::Watch { .. } => return None,
+        Command::Serve { .. }
+        | Command::Publish { .. }
+        | Command::Watch { .. }
+        | Command::Bench { .. } => return None,
         Command::Put {
             sensor_id,
             value,

@@ -1,0 +1,162 @@
+//! `energyguard bench`: the performance tests of both replication
+//! strategies (SPEC §7), end to end against the real service.
+//!
+//! For each strategy (`full`; `consistent` with RF 2) it starts this binary
+//! as a child service on free ports in a temporary directory and measures
+//! writes (single and batched HTTP ingest, MQTT QoS 1 end to end), reads
+//! (point reads, one sensor's history), failing a node and recovering one
+//! that missed readings; then rebalancing from `consistent` RF 1 to `full`.
+//! Next to those it measures, in the same run, the ceilings they are judged
+//! against: an empty axum handler and the embedded broker's own pub→sub
+//! rate. Results go to `results.json` and PNG plots in the output directory.
+//!
+//! * [`load`]: the HTTP and MQTT load generators;
+//! * [`service`]: the child service and the calls made to it;
+//! * [`workloads`]: the measurements; [`baseline`]: the empty handler;
+//! * [`report`]: the figures and the printed table; [`plots`]: the PNGs.
+
+pub mod baseline;
+mod load;
+mod plots;
+pub mod report;
+mod service;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::{Limits, Machine, Parameters, Results};
+use service::ServiceProcess;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("service: {0}")]
+    Service(String),
+    #[error("plot: {0}")]
+    Plot(String),
+    #[error("results.json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What to run and where the results go.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The size of every bulk workload (batched ingest, MQTT, recovery,
+    /// rebalance); request counts are derived from it.
+    pub readings: usize,
+    pub out: PathBuf,
+}
+
+impl Parameters {
+    fn from_options(options: &BenchOptions) -> Self {
+        let readings = options.readings.max(100);
+        Self {
+            readings,
+            repetitions: 3,
+            requests: (readings / 5).max(100),
+            http_concurrency: 32,
+            latency_requests: (readings / 50).clamp(50, 2_000),
+            batch_size: service::BATCH,
+            history_points: 100_000,
+            sensors: 100,
+        }
+    }
+}
+
+/// The replication section of each strategy's service.
+const STRATEGIES: [(&str, &str, usize); 2] = [
+    ("full", "strategy = \"full\"", 3),
+    (
+        "consistent",
+        "strategy = \"consistent\"\nreplication_factor = 2",
+        2,
+    ),
+];
+
+/// Runs every workload, writes `results.json` and the plots into
+/// `options.out`, and answers the results.
+pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
+    std::fs::create_dir_all(&options.out)?;
+    let p = Parameters::from_options(options);
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let progress = ProgressBar::new(2 + 5 * STRATEGIES.len() as u64 + 1);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let step = |message: String| {
+        progress.set_message(message);
+        progress.inc(1);
+    };
+
+    progress.set_message("HTTP ceiling: an empty axum handler");
+    let http_empty_handler_per_s = baseline::empty_handler_rate(&p).await?;
+    let mut broker_raw_messages_per_s = None;
+    let mut strategies = Vec::new();
+    for (strategy, section, copies) in STRATEGIES {
+        let dir = tempfile::tempdir()?;
+        let service = ServiceProcess::start(dir.path(), section).await?;
+        if broker_raw_messages_per_s.is_none() {
+            step("MQTT ceiling: the embedded broker alone".into());
+            broker_raw_messages_per_s = Some(workloads::broker_raw_rate(&service, &p).await?);
+        }
+        step(format!("{strategy}: writes"));
+        let write = workloads::write(&service, &p).await?;
+        step(format!("{strategy}: reads"));
+        let read = workloads::read(&service, &p).await?;
+        step(format!("{strategy}: failing a node"));
+        let fail = workloads::fail(&service, &p).await?;
+        step(format!("{strategy}: recovering a node"));
+        let recover = workloads::recover(&service, &p).await?;
+        step(format!("{strategy}: done"));
+        strategies.push(report::StrategyResults {
+            strategy: strategy.into(),
+            copies,
+            write,
+            read,
+            fail,
+            recover,
+        });
+    }
+    step("rebalance: consistent RF 1 → full".into());
+    let dir = tempfile::tempdir()?;
+    let service = ServiceProcess::start(
+        dir.path(),
+        "strategy = \"consistent\"\nreplication_factor = 1",
+    )
+    .await?;
+    let rebalance = workloads::rebalance(&service, &p).await?;
+    drop(service);
+
+    let results = Results {
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        machine: Machine::current(),
+        parameters: p,
+        limits: Limits {
+            http_empty_handler_per_s,
+            broker_raw_messages_per_s: broker_raw_messages_per_s.unwrap_or(0.0),
+        },
+        strategies,
+        rebalance,
+    };
+    step("writing results and plots".into());
+    write_results(&results, &options.out)?;
+    progress.finish_and_clear();
+    Ok(results)
+}
+
+fn write_results(results: &Results, out: &Path) -> Result<(), BenchError> {
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    plots::draw_all(results, out)
+}
