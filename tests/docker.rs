@@ -1,0 +1,214 @@
+//! What can be checked of docker/ without a Docker engine: the compose file
+//! parses with the expected services, volumes and ports; the Dockerfile runs
+//! the binary `cargo build --release` produces; and every `ENERGYGUARD_*`
+//! variable either file sets is a real configuration key, loaded through
+//! the project's own config loader.
+
+// figment's `Jail` closures return `figment::Error`, which is large.
+#![allow(clippy::result_large_err)]
+
+use std::path::Path;
+
+use energyguard::config::{API_TOKEN_ENV, Config};
+use figment::Jail;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn docker_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docker")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions() -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in docker_file("Dockerfile").lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                instructions.push((keyword.to_uppercase(), rest.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    instructions
+}
+
+/// `ENV A=1 B=2` pairs of every ENV instruction.
+fn dockerfile_env() -> Vec<(String, String)> {
+    dockerfile_instructions()
+        .into_iter()
+        .filter(|(keyword, _)| keyword == "ENV")
+        .flat_map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn compose() -> Yaml {
+    YamlLoader::load_from_str(&docker_file("compose.yaml"))
+        .expect("compose.yaml is YAML")
+        .into_iter()
+        .next()
+        .expect("one document")
+}
+
+fn strings(list: &Yaml) -> Vec<String> {
+    list.as_vec()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Loads the configuration with `vars` set (and nothing else of ours).
+fn load_with(vars: &[(String, String)]) -> Result<Config, String> {
+    let mut outcome = Err("not run".to_string());
+    Jail::expect_with(|jail| {
+        for (name, value) in vars {
+            jail.set_env(name, value);
+        }
+        outcome = Config::load(None).map_err(|e| e.to_string());
+        Ok(())
+    });
+    outcome
+}
+
+#[test]
+fn the_compose_file_has_the_broker_the_service_their_volumes_and_ports() {
+    let compose = compose();
+    let services = &compose["services"];
+    let broker = &services["mosquitto"];
+    let service = &services["energyguard"];
+    assert!(
+        broker["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("eclipse-mosquitto:"))
+    );
+    assert_eq!(strings(&broker["ports"]), ["1883:1883"]);
+    assert_eq!(strings(&service["ports"]), ["5000:5000"]);
+    for s in [broker, service] {
+        assert_eq!(s["restart"].as_str(), Some("unless-stopped"));
+    }
+    assert_eq!(service["build"]["context"].as_str(), Some(".."));
+    assert_eq!(
+        service["build"]["dockerfile"].as_str(),
+        Some("docker/Dockerfile")
+    );
+    assert_eq!(strings(&service["depends_on"]), ["mosquitto"]);
+
+    let volumes = compose["volumes"].as_hash().expect("named volumes");
+    let named: Vec<&str> = volumes.keys().filter_map(Yaml::as_str).collect();
+    assert_eq!(named, ["mosquitto-data", "energyguard-data"]);
+    assert!(strings(&broker["volumes"]).contains(&"mosquitto-data:/mosquitto/data".to_string()));
+    assert!(strings(&service["volumes"]).contains(&"energyguard-data:/data".to_string()));
+    let config_mount = "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro".to_string();
+    assert!(strings(&broker["volumes"]).contains(&config_mount));
+    let conf = docker_file("mosquitto.conf");
+    assert!(
+        conf.lines().any(|l| l.trim() == "persistence true"),
+        "{conf}"
+    );
+    assert!(
+        conf.lines()
+            .any(|l| l.trim() == "persistence_location /mosquitto/data/")
+    );
+}
+
+#[test]
+fn every_compose_variable_is_a_config_key_and_they_load_together() {
+    let compose = compose();
+    let environment = compose["services"]["energyguard"]["environment"]
+        .as_hash()
+        .expect("an environment map");
+    let mut vars = Vec::new();
+    for (name, value) in environment {
+        let (name, value) = (
+            name.as_str().expect("name"),
+            value.as_str().expect("a string value"),
+        );
+        assert!(name.starts_with("ENERGYGUARD_"), "{name}");
+        if name == API_TOKEN_ENV {
+            assert!(
+                value.starts_with("${ENERGYGUARD_API_TOKEN:?"),
+                "the token must come from the operator's environment, not the file: {value}"
+            );
+            continue;
+        }
+        vars.push((name.to_string(), value.to_string()));
+    }
+    // Unknown keys are errors for the loader, so this fails on any variable
+    // that is not a config key.
+    let config = load_with(&vars).expect("the compose environment loads");
+    assert!(!config.mqtt.embedded);
+    assert_eq!(config.mqtt.url.as_deref(), Some("mqtt://mosquitto:1883"));
+    assert_eq!(config.mqtt.batch_messages, 1000);
+    // The check has teeth: an unknown key is refused by the same loader.
+    let typo = [("ENERGYGUARD_MQTT__EMBEDED".to_string(), "false".to_string())];
+    assert!(load_with(&typo).is_err());
+}
+
+#[test]
+fn the_dockerfile_runs_the_release_binary_as_a_non_root_user_with_its_variables() {
+    let instructions = dockerfile_instructions();
+    let find = |keyword: &str| -> Vec<&str> {
+        instructions
+            .iter()
+            .filter(|(k, _)| k == keyword)
+            .map(|(_, rest)| rest.as_str())
+            .collect()
+    };
+    let binary = Path::new(env!("CARGO_BIN_EXE_energyguard"))
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("binary name");
+    assert_eq!(find("ENTRYPOINT"), [format!("[\"{binary}\"]")]);
+    assert_eq!(find("CMD"), ["[\"serve\"]"]);
+    let from: Vec<&str> = find("FROM");
+    assert_eq!(from.len(), 2, "multi-stage: {from:?}");
+    assert!(from[0].starts_with("rust:") && from[0].ends_with("AS build"));
+    assert!(from[1].starts_with("debian:") && from[1].contains("slim"));
+    assert!(
+        find("RUN")
+            .iter()
+            .any(|r| r.contains("cargo build --release"))
+    );
+    assert!(find("COPY").iter().any(|c| {
+        c.contains(&format!("target/release/{binary}"))
+            && c.contains(&format!("/usr/local/bin/{binary}"))
+    }));
+    let user = find("USER");
+    assert!(
+        user.len() == 1 && user[0] != "root" && user[0] != "0",
+        "{user:?}"
+    );
+    assert_eq!(find("VOLUME"), ["/data"]);
+    assert_eq!(find("EXPOSE"), ["5000 1883"]);
+    assert!(
+        find("HEALTHCHECK")
+            .iter()
+            .any(|h| h.contains("http://127.0.0.1:5000/healthz"))
+    );
+
+    let env = dockerfile_env();
+    assert_eq!(env.len(), 3, "{env:?}");
+    assert!(env.iter().all(|(name, _)| name.starts_with("ENERGYGUARD_")));
+    let config = load_with(&env).expect("the Dockerfile environment loads");
+    assert_eq!(config.data_dir, Path::new("/data"));
+    assert_eq!(config.http.listen.to_string(), "0.0.0.0:5000");
+    assert_eq!(config.mqtt.listen.to_string(), "0.0.0.0:1883");
+}
