@@ -147,15 +147,22 @@ impl Replicator {
                 .map(|(peer, node)| (peer.clone(), node.clone()))
                 .collect()
         };
-        let mine = by_sensor(target.digests(DigestRequest::default()).await?);
-        let mut theirs = Vec::with_capacity(peers.len());
-        for (peer, node) in &peers {
-            theirs.push((
-                peer,
-                node,
-                by_sensor(node.digests(DigestRequest::default()).await?),
-            ));
-        }
+        // Every node scans all it holds: do it on all of them at once.
+        let (mine, peer_digests) = futures::future::try_join(
+            target.digests(DigestRequest::default()),
+            futures::future::try_join_all(
+                peers
+                    .iter()
+                    .map(|(_, node)| node.digests(DigestRequest::default())),
+            ),
+        )
+        .await?;
+        let mine = by_sensor(mine);
+        let theirs: Vec<_> = peers
+            .iter()
+            .zip(peer_digests)
+            .map(|((peer, node), digests)| (peer, node, by_sensor(digests)))
+            .collect();
         let sensors: BTreeSet<&SensorId> = mine
             .keys()
             .chain(theirs.iter().flat_map(|(_, _, d)| d.keys()))

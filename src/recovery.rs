@@ -1,0 +1,260 @@
+//! Taking a node out of service and bringing it back exactly right.
+//!
+//! `recover` first replays the node's hints (cheap: exactly the writes it
+//! missed while down), then repairs it by anti-entropy: it compares a digest
+//! per sensor with every live peer that also holds the sensor, narrows a
+//! mismatch down to hour buckets, and copies those buckets over (records
+//! merge by version, so copying too much is harmless and a tombstone beats an
+//! older value). That catches what hints cannot: lost hints, a disk replaced
+//! by an empty one, writes that failed half-way. Sensors the node no longer
+//! owns (the placement changed while it was down) are removed from it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::replicator::{NodeStatus, Replicator};
+use super::{ReplicationError, ReplicationResult};
+use crate::reading::SensorId;
+use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, Scan, StorageNode};
+
+/// Hints replayed per round trip.
+const HINT_BATCH: usize = 10_000;
+/// Records copied per round trip when moving a whole sensor.
+const COPY_PAGE: usize = 50_000;
+/// Width of the time buckets a mismatching sensor is compared in.
+const REPAIR_BUCKET_MS: i64 = 3_600_000;
+
+/// What `recover` did (SPEC §3 `/recover_node`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    pub id: NodeId,
+    pub status: NodeStatus,
+    pub hints_replayed: u64,
+    /// Records the repair changed on the node (missing, stale or deleted).
+    pub repaired: u64,
+    /// Records of sensors it no longer owns, removed from it.
+    pub removed: u64,
+    pub took_ms: u64,
+}
+
+impl Replicator {
+    /// Takes a node out of service: no reads, no writes; writes meant for it
+    /// are kept as hints. Survives restarts until `recover`.
+    pub async fn fail(&self, id: &NodeId) -> ReplicationResult<()> {
+        self.node(id)?;
+        {
+            let _gate = self.gate.write().await;
+            let mut state = self.state_mut();
+            if state.status.get(id) == Some(&NodeStatus::Down) {
+                return Err(ReplicationError::Conflict(format!(
+                    "node {id} is already down"
+                )));
+            }
+            state.status.insert(id.clone(), NodeStatus::Down);
+        }
+        tracing::warn!(node = %id, "node taken out of service");
+        self.persist_down_nodes().await
+    }
+
+    /// Brings a node back: hints, then repair from peers, then `up`. Also
+    /// works on a node that is up, as an explicit repair.
+    pub async fn recover(&self, id: &NodeId) -> ReplicationResult<RecoveryReport> {
+        self.node(id)?;
+        let _admin = self.admin.lock().await;
+        {
+            let _gate = self.gate.write().await;
+            self.state_mut()
+                .status
+                .insert(id.clone(), NodeStatus::Recovering);
+        }
+        tracing::info!(node = %id, "recovering node");
+        let started = Instant::now();
+        let outcome = async {
+            let hints = self.replay_hints(id).await?;
+            let (repaired, removed) = self.repair(id).await?;
+            Ok::<_, ReplicationError>((hints, repaired, removed))
+        }
+        .await;
+
+        let _gate = self.gate.write().await;
+        let still_recovering = self.state().status.get(id) == Some(&NodeStatus::Recovering);
+        let result = match outcome {
+            Ok(_) if !still_recovering => Err(ReplicationError::Conflict(format!(
+                "node {id} was failed again while recovering"
+            ))),
+            Ok((hints_replayed, repaired, removed)) => {
+                self.state_mut().status.insert(id.clone(), NodeStatus::Up);
+                Ok(RecoveryReport {
+                    id: id.clone(),
+                    status: NodeStatus::Up,
+                    hints_replayed,
+                    repaired,
+                    removed,
+                    took_ms: started.elapsed().as_millis() as u64,
+                })
+            }
+            Err(error) => {
+                self.state_mut().status.insert(id.clone(), NodeStatus::Down);
+                tracing::error!(node = %id, %error, "recovery failed; the node stays down");
+                Err(error)
+            }
+        };
+        self.persist_down_nodes().await?;
+        if let Ok(report) = &result {
+            tracing::info!(node = %id, hints = report.hints_replayed, repaired = report.repaired,
+                removed = report.removed, took_ms = report.took_ms, "node recovered");
+        }
+        self.mover_wakeup.notify_one();
+        result
+    }
+
+    /// Applies and forgets the node's hints, skipping records for sensors it
+    /// no longer holds (their owners have them).
+    async fn replay_hints(&self, id: &NodeId) -> ReplicationResult<u64> {
+        let node = self.node(id)?.clone();
+        let mut replayed = 0;
+        loop {
+            let hints = self.meta.hints(id, 0, HINT_BATCH).await?;
+            let Some(last) = hints.last().map(|h| h.seq) else {
+                return Ok(replayed);
+            };
+            let records: Vec<Record> = {
+                let state = self.state();
+                hints
+                    .into_iter()
+                    .map(|h| h.record)
+                    .filter(|r| state.holders(&r.key.sensor).contains(id))
+                    .collect()
+            };
+            replayed += records.len() as u64;
+            node.apply(records).await?;
+            self.meta.remove_hints(id, last).await?;
+        }
+    }
+
+    /// Anti-entropy against every live peer. Answers (records changed on the
+    /// node, records removed from it).
+    async fn repair(&self, id: &NodeId) -> ReplicationResult<(u64, u64)> {
+        let target = self.node(id)?.clone();
+        let peers: Vec<(NodeId, Arc<dyn StorageNode>)> = {
+            let state = self.state();
+            self.nodes
+                .iter()
+                .filter(|(peer, _)| *peer != id && state.is_up(peer))
+                .map(|(peer, node)| (peer.clone(), node.clone()))
+                .collect()
+        };
+        let mine = by_sensor(target.digests(DigestRequest::default()).await?);
+        let mut theirs = Vec::with_capacity(peers.len());
+        for (peer, node) in &peers {
+            theirs.push((
+                peer,
+                node,
+                by_sensor(node.digests(DigestRequest::default()).await?),
+            ));
+        }
+        let sensors: BTreeSet<&SensorId> = mine
+            .keys()
+            .chain(theirs.iter().flat_map(|(_, _, d)| d.keys()))
+            .collect();
+
+        let mut repaired = 0;
+        let mut foreign = Vec::new();
+        for sensor in sensors {
+            let holders = self.state().holders(sensor);
+            if !holders.contains(id) {
+                if mine.contains_key(sensor) {
+                    foreign.push(sensor.clone());
+                }
+                continue;
+            }
+            let mut target_has_sensor = mine.contains_key(sensor);
+            for (peer, node, digests) in &theirs {
+                let Some(digest) = digests.get(sensor) else {
+                    continue;
+                };
+                let in_sync = mine
+                    .get(sensor)
+                    .is_some_and(|m| m.count == digest.count && m.hash == digest.hash);
+                if !holders.contains(peer) || in_sync {
+                    continue;
+                }
+                repaired += if target_has_sensor {
+                    copy_differing_buckets(node.as_ref(), target.as_ref(), sensor).await?
+                } else {
+                    copy_range(node.as_ref(), target.as_ref(), sensor, None, None).await?
+                };
+                target_has_sensor = true;
+            }
+        }
+        let removed = target.remove_sensors(foreign).await?;
+        Ok((repaired, removed))
+    }
+}
+
+fn by_sensor(digests: Vec<RangeDigest>) -> HashMap<SensorId, RangeDigest> {
+    digests.into_iter().map(|d| (d.sensor.clone(), d)).collect()
+}
+
+/// Compares `sensor` bucket by bucket and copies the buckets where `source`
+/// differs from `target`. Answers records changed on `target`.
+async fn copy_differing_buckets(
+    source: &dyn StorageNode,
+    target: &dyn StorageNode,
+    sensor: &SensorId,
+) -> ReplicationResult<u64> {
+    let request = DigestRequest {
+        sensor: Some(sensor.clone()),
+        bucket_ms: Some(REPAIR_BUCKET_MS),
+    };
+    let target_buckets: HashMap<Option<i64>, (u64, u64)> = target
+        .digests(request.clone())
+        .await?
+        .into_iter()
+        .map(|d| (d.bucket_start_ms, (d.count, d.hash)))
+        .collect();
+    let mut changed = 0;
+    for bucket in source.digests(request).await? {
+        if target_buckets.get(&bucket.bucket_start_ms) == Some(&(bucket.count, bucket.hash)) {
+            continue;
+        }
+        let from = bucket.bucket_start_ms;
+        let to = from.map(|f| f + REPAIR_BUCKET_MS);
+        changed += copy_range(source, target, sensor, from, to).await?;
+    }
+    Ok(changed)
+}
+
+/// Copies every record (tombstones included) of `sensor` in `[from, to)`
+/// from `source` to `target`, page by page. Answers records changed.
+pub(super) async fn copy_range(
+    source: &dyn StorageNode,
+    target: &dyn StorageNode,
+    sensor: &SensorId,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+) -> ReplicationResult<u64> {
+    let mut changed = 0;
+    let mut after = None;
+    loop {
+        let page = source
+            .scan(Scan {
+                sensor: Some(sensor.clone()),
+                from_ms,
+                to_ms,
+                after: after.clone(),
+                limit: COPY_PAGE,
+                tombstones: true,
+            })
+            .await?;
+        let full = page.len() == COPY_PAGE;
+        after = page.last().map(|r| r.key.clone());
+        changed += target.apply(page).await?;
+        if !full {
+            return Ok(changed);
+        }
+    }
+}
