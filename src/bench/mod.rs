@@ -8,7 +8,9 @@
 //! that missed readings; then rebalancing from `consistent` RF 1 to `full`.
 //! Next to those it measures, in the same run, the ceilings they are judged
 //! against: an empty axum handler and the embedded broker's own pub→sub
-//! rate. Results go to `results.json` and PNG plots in the output directory.
+//! rate. When mosquitto is installed, the MQTT measurement is repeated
+//! through it (a broker whose in-flight window is configurable). Results go
+//! to `results.json` and PNG plots in the output directory.
 //!
 //! * [`load`]: the HTTP and MQTT load generators;
 //! * [`service`]: the child service and the calls made to it;
@@ -17,6 +19,7 @@
 
 pub mod baseline;
 mod load;
+mod mosquitto;
 mod plots;
 pub mod report;
 mod service;
@@ -86,7 +89,7 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
     std::fs::create_dir_all(&options.out)?;
     let p = Parameters::from_options(options);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let progress = ProgressBar::new(2 + 5 * STRATEGIES.len() as u64 + 1);
+    let progress = ProgressBar::new(3 + 5 * STRATEGIES.len() as u64 + 1);
     progress.set_style(
         ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -105,7 +108,8 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
         let service = ServiceProcess::start(dir.path(), section).await?;
         if broker_raw_messages_per_s.is_none() {
             step("MQTT ceiling: the embedded broker alone".into());
-            broker_raw_messages_per_s = Some(workloads::broker_raw_rate(&service, &p).await?);
+            broker_raw_messages_per_s =
+                Some(workloads::broker_raw_rate(service.mqtt_port, &p).await?);
         }
         step(format!("{strategy}: writes"));
         let write = workloads::write(&service, &p).await?;
@@ -134,6 +138,8 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
     .await?;
     let rebalance = workloads::rebalance(&service, &p).await?;
     drop(service);
+    step("MQTT through an external mosquitto".into());
+    let external_broker = external_broker(&p).await?;
 
     let results = Results {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -146,11 +152,32 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
         },
         strategies,
         rebalance,
+        external_broker,
     };
     step("writing results and plots".into());
     write_results(&results, &options.out)?;
     progress.finish_and_clear();
     Ok(results)
+}
+
+/// EnergyGuard (`consistent`, RF 2) consuming from mosquitto, and
+/// mosquitto's raw rate; `None` when mosquitto is not installed.
+async fn external_broker(p: &Parameters) -> Result<Option<report::ExternalBroker>, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = mosquitto::Mosquitto::start(dir.path()).await? else {
+        return Ok(None);
+    };
+    let raw_messages_per_s = workloads::broker_raw_rate(broker.port, p).await?;
+    let service =
+        ServiceProcess::start_external(dir.path(), STRATEGIES[1].1, broker.port, mosquitto::WINDOW)
+            .await?;
+    let mqtt_readings_per_s = workloads::mqtt_rate(&service, p, 1).await?;
+    Ok(Some(report::ExternalBroker {
+        broker: broker.version.clone(),
+        in_flight_window: mosquitto::WINDOW,
+        raw_messages_per_s,
+        mqtt_readings_per_s,
+    }))
 }
 
 fn write_results(results: &Results, out: &Path) -> Result<(), BenchError> {

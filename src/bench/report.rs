@@ -18,6 +18,21 @@ pub struct Results {
     pub limits: Limits,
     pub strategies: Vec<StrategyResults>,
     pub rebalance: Rebalance,
+    /// MQTT through an external mosquitto, when one is installed.
+    pub external_broker: Option<ExternalBroker>,
+}
+
+/// EnergyGuard (`consistent`, RF 2) consuming from mosquitto, next to
+/// mosquitto's own publish→subscribe rate, in the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalBroker {
+    pub broker: String,
+    /// mosquitto's `max_inflight_messages`, and EnergyGuard's
+    /// `mqtt.batch_messages`.
+    pub in_flight_window: usize,
+    pub raw_messages_per_s: f64,
+    /// One reading per message, publisher to durably stored.
+    pub mqtt_readings_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,10 +259,22 @@ impl Results {
             row.extend(self.strategies.iter().map(figure));
             table.add_row(row);
         }
+        let external = match &self.external_broker {
+            Some(e) => format!(
+                "external {} (in-flight window {}): QoS 1 pub→sub {} msg/s; \
+                 EnergyGuard consistent RF 2 through it {} readings/s ({:.2} of raw)\n",
+                e.broker,
+                e.in_flight_window,
+                count(e.raw_messages_per_s),
+                count(e.mqtt_readings_per_s),
+                e.mqtt_readings_per_s / e.raw_messages_per_s.max(1.0),
+            ),
+            None => "external broker: mosquitto is not installed, not measured\n".into(),
+        };
         format!(
             "{table}\nlimits measured in the same run: empty axum handler {} req/s; \
              embedded broker QoS 1 pub→sub {} msg/s\n\
-             rebalance consistent RF 1 → full: {} readings in {:.0} ms ({} readings/s)\n",
+             rebalance consistent RF 1 → full: {} readings in {:.0} ms ({} readings/s)\n{external}",
             count(self.limits.http_empty_handler_per_s),
             count(self.limits.broker_raw_messages_per_s),
             count(self.rebalance.readings as f64),

@@ -30,23 +30,49 @@ pub struct Api {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> Result<u16, BenchError> {
+pub fn free_port() -> Result<u16, BenchError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 impl ServiceProcess {
-    /// Starts the service in `dir` with `replication` as its
-    /// `[replication]` section and waits until it serves and consumes.
+    /// Starts the service in `dir` with its embedded broker and
+    /// `replication` as its `[replication]` section, and waits until it
+    /// serves and consumes.
     pub async fn start(dir: &Path, replication: &str) -> Result<Self, BenchError> {
-        let (http_port, mqtt_port) = (free_port()?, free_port()?);
+        let mqtt_port = free_port()?;
+        let mqtt = format!("listen = \"127.0.0.1:{mqtt_port}\"");
+        Self::start_with(dir, replication, mqtt_port, &mqtt).await
+    }
+
+    /// The same, consuming from the external broker on `broker_port`, in
+    /// batches of `batch_messages`.
+    pub async fn start_external(
+        dir: &Path,
+        replication: &str,
+        broker_port: u16,
+        batch_messages: usize,
+    ) -> Result<Self, BenchError> {
+        let mqtt = format!(
+            "embedded = false\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nbatch_messages = {batch_messages}"
+        );
+        Self::start_with(dir, replication, broker_port, &mqtt).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        replication: &str,
+        mqtt_port: u16,
+        mqtt: &str,
+    ) -> Result<Self, BenchError> {
+        let http_port = free_port()?;
         let config = dir.join("bench.toml");
         std::fs::write(
             &config,
             format!(
                 "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-                 [mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[replication]\n{replication}\n\
+                 [mqtt]\n{mqtt}\n[replication]\n{replication}\n\
                  [[auth.tokens]]\ntoken = \"{TOKEN}\"\nrole = \"admin\"\n",
                 data = dir.join("data").display()
             ),

@@ -169,13 +169,12 @@ pub async fn mqtt_rate(
     Ok(median(rates))
 }
 
-/// The embedded broker alone: QoS 1 from a publisher to a subscriber, the
-/// same clients and message size as [`mqtt_rate`], on topics EnergyGuard
-/// does not consume.
-pub async fn broker_raw_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, BenchError> {
-    let mut subscriber =
-        Subscriber::subscribe(service.mqtt_port, "bench-raw-sub", "bench/raw/+").await?;
-    let mut publisher = Publisher::connect(service.mqtt_port, "bench-raw-pub").await?;
+/// A broker alone: QoS 1 from a publisher to a subscriber, the same
+/// clients and message size as [`mqtt_rate`], on topics EnergyGuard does
+/// not consume.
+pub async fn broker_raw_rate(port: u16, p: &Parameters) -> Result<f64, BenchError> {
+    let mut subscriber = Subscriber::subscribe(port, "bench-raw-sub", "bench/raw/+").await?;
+    let mut publisher = Publisher::connect(port, "bench-raw-pub").await?;
     let mut rates = Vec::new();
     for repetition in 0..=p.repetitions {
         let count = if repetition == 0 {

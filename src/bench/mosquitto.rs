@@ -1,0 +1,83 @@
+//! The external broker the bench compares against, when one is installed:
+//! Debian's mosquitto on a free port, anonymous, no persistence, allowing
+//! [`WINDOW`] unacknowledged messages per client. Killed on drop.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::BenchError;
+use super::service::free_port;
+
+/// Unacknowledged QoS 1 messages mosquitto may send one subscriber (its
+/// `max_inflight_messages`), and so EnergyGuard's `mqtt.batch_messages`.
+pub const WINDOW: usize = 1_000;
+
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    /// As it reports itself, e.g. "mosquitto version 2.0.11".
+    pub version: String,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto; `None` when it is not installed.
+    pub async fn start(dir: &Path) -> Result<Option<Self>, BenchError> {
+        let Some(binary) = [
+            "/usr/sbin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+        ]
+        .into_iter()
+        .find(|b| Path::new(b).is_file()) else {
+            return Ok(None);
+        };
+        let help = Command::new(binary).arg("-h").output()?;
+        let version = String::from_utf8_lossy(&help.stdout)
+            .lines()
+            .next()
+            .unwrap_or("mosquitto")
+            .trim()
+            .to_string();
+        let port = free_port()?;
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\n\
+                 max_inflight_messages {WINDOW}\nmax_queued_messages 10000000\n"
+            ),
+        )?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let broker = Self {
+            child,
+            port,
+            version,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                return Err(BenchError::Mqtt(format!(
+                    "{binary} did not listen on {port}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Some(broker))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
