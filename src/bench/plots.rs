@@ -104,7 +104,8 @@ fn grouped_bars(
     values: &[Vec<f64>],
 ) -> Result<(), BenchError> {
     let positive = values.iter().flatten().copied().filter(|v| *v > 0.0);
-    let low = positive.clone().fold(f64::INFINITY, f64::min).min(1.0) / 2.0;
+    let smallest = positive.clone().fold(f64::INFINITY, f64::min);
+    let low = if smallest.is_finite() { smallest / 3.0 } else { 0.1 };
     let high = positive.fold(0.0, f64::max).max(low * 10.0) * 3.0;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
@@ -132,6 +133,7 @@ fn grouped_bars(
             _ => String::new(),
         })
         .y_desc(y_label)
+        .y_label_formatter(&|y| short(*y))
         .label_style((FONT, 15))
         .draw()
         .map_err(plot_error)?;
@@ -189,6 +191,7 @@ fn recovery_lines(path: &Path, results: &Results, names: &[String]) -> Result<()
         .x_desc("readings missed by the node (hints replayed + repaired)")
         .y_desc("recovery time (ms)")
         .x_label_formatter(&|x| short(*x))
+        .y_label_formatter(&|y| short(*y))
         .label_style((FONT, 15))
         .draw()
         .map_err(plot_error)?;
