@@ -76,9 +76,13 @@ impl DigestBuilder {
         }
         if let Some((digest, hasher)) = self.current.as_mut() {
             digest.count += 1;
-            hasher.update(&timestamp_ms.to_le_bytes());
-            hasher.update(&version.0.to_le_bytes());
-            hasher.update(&[u8::from(tombstone)]);
+            // One update per record: the same bytes as timestamp, version
+            // and tombstone flag fed one after another.
+            let mut record = [0u8; 17];
+            record[..8].copy_from_slice(&timestamp_ms.to_le_bytes());
+            record[8..16].copy_from_slice(&version.0.to_le_bytes());
+            record[16] = u8::from(tombstone);
+            hasher.update(&record);
         }
     }
 

@@ -269,10 +269,14 @@ impl RecordDecoder {
 
     /// The sensor in column 0.
     fn sensor(&mut self, row: &Row<'_>) -> StorageResult<SensorId> {
-        let text = row.get_ref(0)?.as_str()?;
+        // Rows come in key order: compare bytes with the previous row's
+        // sensor, and validate and allocate only when it changes.
+        let bytes = row.get_ref(0)?.as_bytes()?;
         match &self.last_sensor {
-            Some(s) if s.as_str() == text => Ok(s.clone()),
+            Some(s) if s.as_str().as_bytes() == bytes => Ok(s.clone()),
             _ => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|e| StorageError::Corrupt(format!("sensor: {e}")))?;
                 let s: SensorId = text
                     .parse()
                     .map_err(|e| StorageError::Corrupt(format!("sensor {text:?}: {e}")))?;
@@ -405,8 +409,9 @@ impl StorageNode for SqliteNode {
                 let mut decoder = RecordDecoder::new();
                 while let Some(row) = rows.next()? {
                     let sensor = decoder.sensor(row)?;
-                    let version = Version(row.get::<_, i64>(2)? as u64);
-                    builder.push(&sensor, row.get(1)?, version, row.get(3)?);
+                    let version = Version(row.get_ref(2)?.as_i64()? as u64);
+                    let tombstone = row.get_ref(3)?.as_i64()? != 0;
+                    builder.push(&sensor, row.get_ref(1)?.as_i64()?, version, tombstone);
                 }
                 Ok(builder.finish())
             })
