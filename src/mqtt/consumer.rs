@@ -133,6 +133,7 @@ pub fn spawn(
         client.clone(),
         ingestor,
         inbox,
+        status.clone(),
         shutdown.clone(),
     ));
     let publisher = tokio::spawn(publish_alerts(
@@ -204,6 +205,7 @@ async fn writer(
     client: AsyncClient,
     ingestor: Arc<Ingestor>,
     mut inbox: mpsc::UnboundedReceiver<Publish>,
+    status: Arc<ConsumerStatus>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut stopping = false;
@@ -215,7 +217,7 @@ async fn writer(
                 message = inbox.recv() => message,
                 _ = wait_for(shutdown.clone()) => {
                     stopping = true;
-                    begin_stop(&settings, &client, &mut inbox).await;
+                    begin_stop(&settings, &client, &status, &mut inbox).await;
                     continue;
                 }
             }
@@ -247,9 +249,16 @@ async fn writer(
 async fn begin_stop(
     settings: &ConsumerSettings,
     client: &AsyncClient,
+    status: &ConsumerStatus,
     inbox: &mut mpsc::UnboundedReceiver<Publish>,
 ) {
-    let Some(marker) = &settings.drain_marker else {
+    // Without a subscription the broker delivers nothing to us, the marker
+    // included: there is nothing to drain.
+    let Some(marker) = settings
+        .drain_marker
+        .as_ref()
+        .filter(|_| status.subscribed())
+    else {
         inbox.close();
         return;
     };
