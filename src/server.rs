@@ -125,6 +125,7 @@ pub async fn run(
         auth: Arc::new(auth),
         metrics: metrics_handle(),
         mqtt: Some(mqtt.status),
+        key_counts: Default::default(),
     };
     let app = router(state, config.http.max_body_bytes);
     let local = listener.local_addr()?;

@@ -96,7 +96,10 @@ fn a_tiny_bench_writes_every_figure_and_three_plots() {
     if std::path::Path::new("/usr/sbin/mosquitto").is_file() {
         let external = &results["external_broker"];
         for figure in ["raw_messages_per_s", "mqtt_readings_per_s"] {
-            assert!(external[figure].as_f64() > Some(0.0), "{figure}: {external}");
+            assert!(
+                external[figure].as_f64() > Some(0.0),
+                "{figure}: {external}"
+            );
         }
     }
     assert!(results["machine"]["cpus"].as_u64() >= Some(1));

@@ -105,7 +105,11 @@ fn grouped_bars(
 ) -> Result<(), BenchError> {
     let positive = values.iter().flatten().copied().filter(|v| *v > 0.0);
     let smallest = positive.clone().fold(f64::INFINITY, f64::min);
-    let low = if smallest.is_finite() { smallest / 3.0 } else { 0.1 };
+    let low = if smallest.is_finite() {
+        smallest / 3.0
+    } else {
+        0.1
+    };
     let high = positive.fold(0.0, f64::max).max(low * 10.0) * 3.0;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;

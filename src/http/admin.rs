@@ -1,11 +1,15 @@
 //! Handlers for the cluster: replication settings, node status, fault
 //! injection and recovery, placement look-ups, health and metrics.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tokio::sync::Mutex;
 
 use super::AppState;
 use super::auth::{Admin, Authorized, Reader};
@@ -13,8 +17,9 @@ use super::error::ApiError;
 use super::extract::{JsonBody, PathText};
 use crate::reading::{InvalidInput, Key, reject_unknown_fields};
 use crate::replication::{
-    NodeReport, NodeStatus, RecoveryReport, ReplicationSettings, StrategyKind,
+    NodeReport, NodeStatus, RecoveryReport, ReplicationSettings, Replicator, StrategyKind,
 };
+use crate::storage::NodeId;
 
 fn replication_json(state: &AppState) -> Value {
     let placement = state.replicator.placement();
@@ -121,7 +126,7 @@ pub async fn replica_nodes(
 }
 
 pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
-    let reports = state.replicator.node_reports().await;
+    let reports = state.replicator.node_states();
     let count = |s: NodeStatus| reports.iter().filter(|r| r.status == s).count();
     let degraded = count(NodeStatus::Up) < reports.len();
     Json(json!({
@@ -133,9 +138,45 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// Prometheus text. Node gauges are refreshed at scrape time.
+/// How old the key counts in `/metrics` may be: counting reads every record
+/// of every node, which a frequent scraper should not cause on each scrape.
+const KEY_COUNT_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Live keys per node (`None`: the node could not be asked).
+type Counts = HashMap<NodeId, Option<u64>>;
+
+/// The nodes' key counts last taken for `/metrics`, and when.
+#[derive(Default)]
+pub struct KeyCounts {
+    taken: Mutex<Option<(Instant, Counts)>>,
+}
+
+impl KeyCounts {
+    /// Counts no older than [`KEY_COUNT_MAX_AGE`]; concurrent scrapes wait
+    /// for one count instead of each starting its own.
+    async fn get(&self, replicator: &Replicator) -> Counts {
+        let mut taken = self.taken.lock().await;
+        if let Some((at, counts)) = taken.as_ref()
+            && at.elapsed() < KEY_COUNT_MAX_AGE
+        {
+            return counts.clone();
+        }
+        let counts: Counts = replicator
+            .node_reports()
+            .await
+            .into_iter()
+            .map(|report| (report.id, report.keys))
+            .collect();
+        *taken = Some((Instant::now(), counts.clone()));
+        counts
+    }
+}
+
+/// Prometheus text. Node status and hint gauges are refreshed at scrape
+/// time, key counts at most every [`KEY_COUNT_MAX_AGE`].
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    for report in state.replicator.node_reports().await {
+    let keys = state.key_counts.get(&state.replicator).await;
+    for report in state.replicator.node_states() {
         let node = report.id.to_string();
         for status in [NodeStatus::Up, NodeStatus::Down, NodeStatus::Recovering] {
             let name = serde_json::to_value(status)
@@ -146,7 +187,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             metrics::gauge!("energyguard_node_status", "node" => node.clone(), "status" => name)
                 .set(value);
         }
-        if let Some(keys) = report.keys {
+        if let Some(keys) = keys.get(&report.id).copied().flatten() {
             metrics::gauge!("energyguard_node_keys", "node" => node.clone()).set(keys as f64);
         }
         metrics::gauge!("energyguard_node_hints_pending", "node" => node)

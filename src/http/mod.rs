@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The MQTT consumer's connection, when one runs.
     pub mqtt: Option<Arc<crate::mqtt::consumer::ConsumerStatus>>,
+    /// Node key counts for `/metrics`, taken at most every few seconds.
+    pub key_counts: Arc<admin::KeyCounts>,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -676,28 +676,33 @@ impl Replicator {
 
     // ----- status -------------------------------------------------------
 
-    pub async fn node_reports(&self) -> Vec<NodeReport> {
-        let statuses: Vec<(NodeId, NodeStatus)> = self
-            .state()
+    /// Every node's status and pending hints, without counting its keys
+    /// (`keys` and `tombstones` are `None`): cheap, for health checks.
+    pub fn node_states(&self) -> Vec<NodeReport> {
+        self.state()
             .status
             .iter()
-            .map(|(id, s)| (id.clone(), *s))
-            .collect();
-        let stats = join_all(statuses.iter().map(|(id, _)| self.nodes[id].stats())).await;
-        statuses
-            .into_iter()
-            .zip(stats)
-            .map(|((id, status), stats)| {
-                let stats = stats.ok();
-                NodeReport {
-                    hints_pending: self.meta.hints_pending(&id),
-                    id,
-                    status,
-                    keys: stats.map(|s| s.live_keys),
-                    tombstones: stats.map(|s| s.tombstones),
-                }
+            .map(|(id, status)| NodeReport {
+                id: id.clone(),
+                status: *status,
+                keys: None,
+                tombstones: None,
+                hints_pending: self.meta.hints_pending(id),
             })
             .collect()
+    }
+
+    /// [`Self::node_states`] with keys and tombstones counted, which reads
+    /// every record of every node.
+    pub async fn node_reports(&self) -> Vec<NodeReport> {
+        let mut reports = self.node_states();
+        let stats = join_all(reports.iter().map(|r| self.nodes[&r.id].stats())).await;
+        for (report, stats) in reports.iter_mut().zip(stats) {
+            let stats = stats.ok();
+            report.keys = stats.map(|s| s.live_keys);
+            report.tombstones = stats.map(|s| s.tombstones);
+        }
+        reports
     }
 
     pub fn rebalance_progress(&self) -> Option<RebalanceProgress> {
