@@ -62,13 +62,7 @@ async fn sigkill_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let meter = connect(broker.port, "meter", &[]).await;
     let publisher = tokio::spawn(async move {
         for i in 0..READINGS {
-            let payload = format!(
-                r#"{{"timestamp":{},"value":{i}}}"#,
-                (T0 + i) as f64 / 1000.0
-            );
-            meter
-                .publish(&format!("energyguard/readings/k{}", i % 50), payload)
-                .await;
+            meter.publish_reading(&format!("k{}", i % 50), T0, i).await;
             if i % 500 == 0 {
                 // A steady stream rather than one burst.
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -120,13 +114,7 @@ async fn publish_readings(
     count: i64,
 ) {
     for i in first..first + count {
-        let payload = format!(
-            r#"{{"timestamp":{},"value":{i}}}"#,
-            (T0 + i) as f64 / 1000.0
-        );
-        meter
-            .publish(&format!("energyguard/readings/{sensor}"), payload)
-            .await;
+        meter.publish_reading(sensor, T0, i).await;
     }
 }
 
@@ -207,13 +195,7 @@ async fn instances_in_a_share_group_split_the_readings_between_them() {
     b.wait_subscribed().await;
     let meter = connect(broker.port, "meter", &[]).await;
     for i in 0..READINGS {
-        let payload = format!(
-            r#"{{"timestamp":{},"value":{i}}}"#,
-            (T0 + i) as f64 / 1000.0
-        );
-        meter
-            .publish(&format!("energyguard/readings/g{}", i % 10), payload)
-            .await;
+        meter.publish_reading(&format!("g{}", i % 10), T0, i).await;
     }
     let mut total = 0;
     for _ in 0..600 {

@@ -191,13 +191,7 @@ async fn a_burst_of_200k_qos1_readings_is_stored_completely() {
     let meter = connect(s.mqtt_port, "burst", &[]).await;
     let started = std::time::Instant::now();
     for i in 0..BURST {
-        let payload = format!(
-            r#"{{"timestamp":{},"value":{i}}}"#,
-            (T0 + i) as f64 / 1000.0
-        );
-        meter
-            .publish(&format!("energyguard/readings/b{}", i % 100), payload)
-            .await;
+        meter.publish_reading(&format!("b{}", i % 100), T0, i).await;
     }
     let published = started.elapsed();
     let mut stored = 0;

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use plotters::chart::SeriesLabelStyle;
 use plotters::prelude::*;
 use plotters::style::register_font;
 
@@ -162,14 +163,7 @@ fn grouped_bars(
         });
         chart.draw_secondary_series(labels).map_err(plot_error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)?;
+    draw_legend(chart.configure_series_labels())?;
     root.present().map_err(plot_error)
 }
 
@@ -218,15 +212,25 @@ fn recovery_lines(path: &Path, results: &Results, names: &[String]) -> Result<()
             )
             .map_err(plot_error)?;
     }
-    chart
-        .configure_series_labels()
+    draw_legend(chart.configure_series_labels())?;
+    root.present().map_err(plot_error)
+}
+
+/// Draws the legend, the same on every plot.
+fn draw_legend<'a, 'b, DB, CT>(
+    mut style: SeriesLabelStyle<'a, 'b, DB, CT>,
+) -> Result<(), BenchError>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    style
         .position(SeriesLabelPosition::UpperLeft)
         .label_font((FONT, 15))
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
-        .map_err(plot_error)?;
-    root.present().map_err(plot_error)
+        .map_err(plot_error)
 }
 
 /// A compact number for labels: 0.42, 12.5, 850, 12k, 1.2M.

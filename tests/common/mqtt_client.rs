@@ -66,6 +66,16 @@ impl Client {
             .expect("publish");
     }
 
+    /// Publishes reading `i` of `sensor`: value `i`, at `t0_ms + i` ms.
+    pub async fn publish_reading(&self, sensor: &str, t0_ms: i64, i: i64) {
+        let payload = format!(
+            r#"{{"timestamp":{},"value":{i}}}"#,
+            (t0_ms + i) as f64 / 1000.0
+        );
+        self.publish(&format!("energyguard/readings/{sensor}"), payload)
+            .await;
+    }
+
     pub async fn next(&mut self) -> Publish {
         tokio::time::timeout(Duration::from_secs(20), self.received.recv())
             .await
