@@ -36,6 +36,11 @@ use service::ServiceProcess;
 pub enum BenchError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot write to {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("HTTP: {0}")]
     Http(#[from] reqwest::Error),
     #[error("MQTT: {0}")]
@@ -86,7 +91,11 @@ const STRATEGIES: [(&str, &str, usize); 2] = [
 /// Runs every workload, writes `results.json` and the plots into
 /// `options.out`, and answers the results.
 pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
-    std::fs::create_dir_all(&options.out)?;
+    let output = |source| BenchError::Output {
+        path: options.out.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&options.out).map_err(output)?;
     let p = Parameters::from_options(options);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let progress = ProgressBar::new(3 + 5 * STRATEGIES.len() as u64 + 1);
