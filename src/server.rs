@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::alerts::AlertService;
 use crate::config::{API_TOKEN_ENV, Config};
 use crate::http::auth::{Auth, GeneratedToken};
-use crate::http::{AppState, router};
+use crate::http::{AppState, Services, router};
 use crate::ingest::Ingestor;
 use crate::mqtt::Topics;
 use crate::mqtt::broker::{self, BrokerSettings};
@@ -118,7 +118,7 @@ pub async fn run(
     let (stop_mqtt, mqtt_stopping) = tokio::sync::watch::channel(false);
     let mqtt = start_mqtt(&config.mqtt, ingestor.clone(), &alerts, mqtt_stopping).await?;
 
-    let state = AppState {
+    let state = AppState::new(Services {
         replicator: replicator.clone(),
         ingestor,
         alerts: alerts.clone(),
@@ -126,7 +126,7 @@ pub async fn run(
         metrics: metrics_handle(),
         mqtt: Some(mqtt.status),
         key_counts: Default::default(),
-    };
+    });
     let app = router(state, config.http.max_body_bytes);
     let local = listener.local_addr()?;
     tracing::info!("HTTP API listening on http://{local}");

@@ -11,14 +11,17 @@ pub mod error;
 mod extract;
 mod readings;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
+use metrics::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::alerts::AlertService;
@@ -30,9 +33,12 @@ use extract::BodyLimit;
 
 pub use readings::MAX_BATCH;
 
-/// What every handler can reach. Cheap to clone (all shared).
+/// What every handler can reach: one shared [`Services`], so the clone each
+/// extractor takes is a single reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
     pub replicator: Arc<Replicator>,
     pub ingestor: Arc<Ingestor>,
     pub alerts: Arc<AlertService>,
@@ -41,7 +47,21 @@ pub struct AppState {
     /// The MQTT consumer's connection, when one runs.
     pub mqtt: Option<Arc<crate::mqtt::consumer::ConsumerStatus>>,
     /// Node key counts for `/metrics`, taken at most every few seconds.
-    pub key_counts: Arc<admin::KeyCounts>,
+    pub key_counts: admin::KeyCounts,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -72,7 +92,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
-            BodyLimit(max_body_bytes),
+            Observer {
+                body_limit: BodyLimit(max_body_bytes),
+                histograms: LatencyHistograms::default(),
+            },
             observe,
         ))
         .with_state(state)
@@ -86,24 +109,58 @@ async fn method_not_allowed() -> ApiError {
     ApiError::NotFound("no such endpoint for this method".into())
 }
 
-/// Records a latency histogram per route and status, and tells body
+/// The latency histogram of each route, method and status, so that a request
+/// records into a handle instead of building a metrics key.
+#[derive(Clone, Default)]
+struct LatencyHistograms(Arc<RwLock<HashMap<String, ByMethodAndStatus>>>);
+
+type ByMethodAndStatus = HashMap<(Method, u16), Histogram>;
+
+impl LatencyHistograms {
+    fn get(&self, route: &str, method: &Method, status: u16) -> Histogram {
+        let known = self
+            .0
+            .read()
+            .ok()
+            .and_then(|routes| routes.get(route)?.get(&(method.clone(), status)).cloned());
+        if let Some(histogram) = known {
+            return histogram;
+        }
+        let histogram = metrics::histogram!(
+            "energyguard_http_request_duration_seconds",
+            "route" => route.to_string(),
+            "method" => method.to_string(),
+            "status" => status.to_string()
+        );
+        if let Ok(mut routes) = self.0.write() {
+            routes
+                .entry(route.to_string())
+                .or_default()
+                .insert((method.clone(), status), histogram.clone());
+        }
+        histogram
+    }
+}
+
+/// What the outermost middleware needs.
+#[derive(Clone)]
+struct Observer {
+    body_limit: BodyLimit,
+    histograms: LatencyHistograms,
+}
+
+/// Records a latency histogram per route, method and status, and tells body
 /// extractors the limit (for the 413 message).
-async fn observe(State(limit): State<BodyLimit>, mut request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
-    request.extensions_mut().insert(limit);
+async fn observe(State(observer): State<Observer>, mut request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
+    request.extensions_mut().insert(observer.body_limit);
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics::histogram!(
-        "energyguard_http_request_duration_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_u16().to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    observer
+        .histograms
+        .get(route, &method, response.status().as_u16())
+        .record(started.elapsed().as_secs_f64());
     response
 }
