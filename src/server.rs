@@ -177,44 +177,38 @@ async fn start_mqtt(
     alerts: &AlertService,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Mqtt, ServeError> {
-    let topics = Topics::new(&mqtt.topic_prefix);
-    let (url, front_door, drain_marker) = if mqtt.embedded {
+    let mut settings = ConsumerSettings {
+        url: mqtt.url.clone().unwrap_or_default(),
+        credentials: mqtt
+            .username
+            .clone()
+            .map(|username| (username, mqtt.password.clone().unwrap_or_default())),
+        client_id: mqtt.client_id.clone(),
+        topics: Topics::new(&mqtt.topic_prefix),
+        share_group: mqtt.share_group.clone(),
+        batch_messages: mqtt.batch_messages,
+        batch_interval: std::time::Duration::from_millis(mqtt.batch_interval_ms),
+        max_packet_bytes: mqtt.max_payload_bytes + 1024,
+        drain_marker: None,
+    };
+    let mut front_door = None;
+    if mqtt.embedded {
+        if mqtt.url.is_some() {
+            tracing::warn!("mqtt.url is ignored while mqtt.embedded is true");
+        }
         let broker = broker::start(&BrokerSettings {
             listen: mqtt.listen,
             max_payload_bytes: mqtt.max_payload_bytes,
             memory_mb: mqtt.broker_memory_mb,
         })
         .await?;
-        let url = format!("mqtt://{}", broker.internal);
-        (url, Some(broker.front_door), Some(topics.drain_marker()))
-    } else {
-        let url = mqtt.url.clone().unwrap_or_default();
-        (url, None, None)
-    };
-    if mqtt.embedded && mqtt.url.is_some() {
-        tracing::warn!("mqtt.url is ignored while mqtt.embedded is true");
-    }
-    let credentials = mqtt
-        .username
-        .clone()
-        .map(|username| (username, mqtt.password.clone().unwrap_or_default()));
-    let settings = ConsumerSettings {
-        url,
-        credentials,
-        client_id: mqtt.client_id.clone(),
-        topics,
-        share_group: mqtt.share_group.clone(),
+        settings.url = format!("mqtt://{}", broker.internal);
+        settings.drain_marker = Some(settings.topics.drain_marker());
         // The embedded broker never has more unacknowledged messages out:
         // store as soon as that many arrived rather than wait for more.
-        batch_messages: if mqtt.embedded {
-            mqtt.batch_messages.min(broker::OUTGOING_INFLIGHT)
-        } else {
-            mqtt.batch_messages
-        },
-        batch_interval: std::time::Duration::from_millis(mqtt.batch_interval_ms),
-        max_packet_bytes: mqtt.max_payload_bytes + 1024,
-        drain_marker,
-    };
+        settings.batch_messages = settings.batch_messages.min(broker::OUTGOING_INFLIGHT);
+        front_door = Some(broker.front_door);
+    }
     let (status, consumer) = consumer::spawn(settings, ingestor, alerts.subscribe(), stopping)?;
     Ok(Mqtt {
         status,

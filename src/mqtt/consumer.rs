@@ -34,7 +34,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Topics, UrlError, connection_options, dead_letter};
+use super::{Topics, UrlError, connection_options, dead_letter, signalled};
 use crate::alerts::engine::{Change, Transition};
 use crate::ingest::Ingestor;
 use crate::reading::{Reading, now_ms};
@@ -206,7 +206,7 @@ async fn writer(
     ingestor: Arc<Ingestor>,
     mut inbox: mpsc::UnboundedReceiver<Publish>,
     status: Arc<ConsumerStatus>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut stopping = false;
     loop {
@@ -215,7 +215,7 @@ async fn writer(
         } else {
             tokio::select! {
                 message = inbox.recv() => message,
-                _ = wait_for(shutdown.clone()) => {
+                _ = signalled(&mut shutdown) => {
                     stopping = true;
                     begin_stop(&settings, &client, &status, &mut inbox).await;
                     continue;
@@ -225,7 +225,7 @@ async fn writer(
         let Some(first) = first else { return };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + settings.batch_interval;
-        while batch.len() < settings.batch_messages && !ends_drain(&settings, &batch) {
+        while batch.len() < settings.batch_messages && !settings.ends_drain(&batch) {
             // Flush once the inbox stays quiet for a moment: a broker sends
             // only so many unacknowledged messages, so waiting for a fuller
             // batch would only stall.
@@ -235,7 +235,7 @@ async fn writer(
                 _ => break,
             }
         }
-        let drained = ends_drain(&settings, &batch);
+        let drained = settings.ends_drain(&batch);
         store_batch(&settings, &client, &ingestor, batch).await;
         if drained {
             tracing::info!("MQTT drained: everything the broker accepted is stored");
@@ -272,14 +272,16 @@ async fn begin_stop(
     }
 }
 
-/// Whether the batch ends with the drain marker.
-fn ends_drain(settings: &ConsumerSettings, batch: &[Publish]) -> bool {
-    let last = batch.last().map(|message| message.topic.as_str());
-    settings.drain_marker.is_some() && last == settings.drain_marker.as_deref()
-}
+impl ConsumerSettings {
+    /// Whether `message` is our own drain marker rather than a sensor's.
+    fn is_marker(&self, message: &Publish) -> bool {
+        self.drain_marker.as_deref() == Some(message.topic.as_str())
+    }
 
-async fn wait_for(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
+    /// Whether the batch ends with the drain marker.
+    fn ends_drain(&self, batch: &[Publish]) -> bool {
+        batch.last().is_some_and(|message| self.is_marker(message))
+    }
 }
 
 /// Stores a batch, publishes its dead letters, then acks it in order.
@@ -292,8 +294,8 @@ async fn store_batch(
     let received = now_ms();
     let mut readings: Vec<Reading> = Vec::new();
     let mut dead = Vec::new();
-    let marker = settings.drain_marker.as_deref();
-    for message in batch.iter().filter(|m| Some(m.topic.as_str()) != marker) {
+    let from_sensors: Vec<&Publish> = batch.iter().filter(|m| !settings.is_marker(m)).collect();
+    for message in &from_sensors {
         match settings
             .topics
             .parse_message(&message.topic, &message.payload, received)
@@ -328,8 +330,7 @@ async fn store_batch(
             tracing::error!(%error, "publishing a dead letter failed");
         }
     }
-    let from_sensors = batch.iter().filter(|m| Some(m.topic.as_str()) != marker);
-    metrics::counter!("energyguard_mqtt_messages_total").increment(from_sensors.count() as u64);
+    metrics::counter!("energyguard_mqtt_messages_total").increment(from_sensors.len() as u64);
     tracing::debug!(messages = batch.len(), "MQTT batch stored; acknowledging");
     for message in &batch {
         if let Err(error) = client.ack(message).await {
@@ -342,12 +343,12 @@ async fn publish_alerts(
     topics: Topics,
     client: AsyncClient,
     mut alerts: broadcast::Receiver<Change>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let change = tokio::select! {
             change = alerts.recv() => change,
-            _ = wait_for(shutdown.clone()) => return,
+            _ = signalled(&mut shutdown) => return,
         };
         match change {
             Ok(change) if change.transition != Transition::Updated => {

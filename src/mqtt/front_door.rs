@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::signalled;
+
 /// Bytes read from a client per relayed write.
 const RELAY_BUFFER: usize = 64 * 1024;
 
@@ -60,7 +62,7 @@ async fn accept_loop(listener: TcpListener, broker: SocketAddr, closing: watch::
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = closed(&mut stop) => break,
+            _ = signalled(&mut stop) => break,
             Some(_) = relays.join_next(), if !relays.is_empty() => {}
         }
     }
@@ -94,7 +96,7 @@ async fn relay(client: TcpStream, broker: SocketAddr, mut closing: watch::Receiv
         loop {
             let read = tokio::select! {
                 read = client_read.read(&mut buffer) => read,
-                _ = closed(&mut closing) => break,
+                _ = signalled(&mut closing) => break,
             };
             match read {
                 Ok(0) | Err(_) => break,
@@ -117,8 +119,4 @@ async fn relay(client: TcpStream, broker: SocketAddr, mut closing: watch::Receiv
         // The broker closed the connection: nothing more to relay.
         _ = &mut outbound => {}
     }
-}
-
-async fn closed(closing: &mut watch::Receiver<bool>) {
-    let _ = closing.wait_for(|closing| *closing).await;
 }

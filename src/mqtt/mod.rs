@@ -15,6 +15,11 @@ use serde_json::Value;
 
 use crate::reading::{Key, Reading, Sample, SensorId, parse_reading};
 
+/// Resolves once `flag` is true (a stop signal), or when its sender is gone.
+async fn signalled(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
 /// Readings in one MQTT message at most (the HTTP batch limit too).
 pub const MAX_READINGS_PER_MESSAGE: usize = 10_000;
 
