@@ -2,12 +2,14 @@
 //! Debian's mosquitto on a free port, anonymous, no persistence, allowing
 //! [`WINDOW`] unacknowledged messages per client. Killed on drop.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::BenchError;
 use super::service::free_port;
+use crate::mqtt::broker::accepts_connections;
 
 /// Unacknowledged QoS 1 messages mosquitto may send one subscriber (its
 /// `max_inflight_messages`), and so EnergyGuard's `mqtt.batch_messages`.
@@ -59,17 +61,11 @@ impl Mosquitto {
             port,
             version,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                return Err(BenchError::Mqtt(format!(
-                    "{binary} did not listen on {port}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        if !accepts_connections(address, Duration::from_secs(10)).await {
+            return Err(BenchError::Mqtt(format!(
+                "{binary} did not listen on {port}"
+            )));
         }
         Ok(Some(broker))
     }

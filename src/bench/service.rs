@@ -176,29 +176,34 @@ impl Api {
 
     /// Polls until `accepted()` reaches `target`.
     pub async fn wait_accepted(&self, target: u64) -> Result<(), BenchError> {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while self.accepted().await? < target {
-            if Instant::now() > deadline {
-                return Err(BenchError::Service(format!(
-                    "fewer than {target} readings stored after 300 s"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+        poll_until(&format!("{target} readings stored"), async || {
+            Ok(self.accepted().await? >= target)
+        })
+        .await
     }
 
     /// Polls `/healthz` until no rebalance is in progress.
     pub async fn wait_rebalanced(&self) -> Result<(), BenchError> {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while self.call(Method::GET, "/healthz", None).await?["rebalancing"] == true {
-            if Instant::now() > deadline {
-                return Err(BenchError::Service("rebalancing took over 300 s".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+        poll_until("the rebalance finished", async || {
+            Ok(self.call(Method::GET, "/healthz", None).await?["rebalancing"] != true)
+        })
+        .await
     }
+}
+
+/// Polls `done` every 5 ms until it holds; fails after 300 s, naming `goal`.
+async fn poll_until(
+    goal: &str,
+    mut done: impl AsyncFnMut() -> Result<bool, BenchError>,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !done().await? {
+        if Instant::now() > deadline {
+            return Err(BenchError::Service(format!("not {goal} after 300 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 impl Drop for ServiceProcess {

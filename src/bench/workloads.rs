@@ -83,11 +83,24 @@ pub async fn write(service: &ServiceProcess, p: &Parameters) -> Result<Write, Be
     })
 }
 
+/// Runs `measure` once as a warm-up (told so with `true`), then
+/// `p.repetitions` times, and answers the median of the measured figures.
+async fn median_after_warm_up(
+    p: &Parameters,
+    mut measure: impl AsyncFnMut(bool) -> Result<f64, BenchError>,
+) -> Result<f64, BenchError> {
+    measure(true).await?;
+    let mut figures = Vec::with_capacity(p.repetitions);
+    for _ in 0..p.repetitions {
+        figures.push(measure(false).await?);
+    }
+    Ok(median(figures))
+}
+
 /// `POST /ingest` with `batch_size` readings per request, two in flight.
 async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, BenchError> {
-    let mut rates = Vec::new();
-    for repetition in 0..=p.repetitions {
-        let first = repetition * p.readings;
+    let mut first = 0;
+    median_after_warm_up(p, async |_| {
         let bodies: Arc<Vec<String>> = Arc::new(
             (first..first + p.readings)
                 .map(|n| reading(&format!("batch{}", n % p.sensors), n))
@@ -96,6 +109,7 @@ async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, Ben
                 .map(|chunk| Value::from(chunk.to_vec()).to_string())
                 .collect(),
         );
+        first += p.readings;
         let (api, all) = (service.api.clone(), bodies.clone());
         let factory: RequestFactory = Arc::new(move |i| {
             api.request(Method::POST, "/ingest")
@@ -103,12 +117,9 @@ async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, Ben
                 .body(all[i].clone())
         });
         let run = http_load(bodies.len(), 2, factory).await?;
-        // Repetition 0 is the warm-up.
-        if repetition > 0 {
-            rates.push(p.readings as f64 / run.elapsed.as_secs_f64());
-        }
-    }
-    Ok(median(rates))
+        Ok(p.readings as f64 / run.elapsed.as_secs_f64())
+    })
+    .await
 }
 
 /// MQTT message `n`: readings `n * per_message ..` of one sensor (named in
@@ -140,15 +151,10 @@ pub async fn mqtt_rate(
 ) -> Result<f64, BenchError> {
     let client_id = format!("bench-readings-{per_message}");
     let mut publisher = Publisher::connect(service.mqtt_port, &client_id).await?;
-    let mut rates = Vec::new();
     // Message numbers already used, so that every run stores new keys.
     let mut first = 1_000_000 * per_message;
-    for repetition in 0..=p.repetitions {
-        let readings = if repetition == 0 {
-            p.readings / 10
-        } else {
-            p.readings
-        };
+    median_after_warm_up(p, async |warm_up| {
+        let readings = if warm_up { p.readings / 10 } else { p.readings };
         let messages = readings / per_message;
         let before = service.api.accepted().await?;
         let started = Instant::now();
@@ -161,12 +167,10 @@ pub async fn mqtt_rate(
             .api
             .wait_accepted(before + (messages * per_message) as u64)
             .await?;
-        if repetition > 0 {
-            rates.push((messages * per_message) as f64 / started.elapsed().as_secs_f64());
-        }
         first += messages;
-    }
-    Ok(median(rates))
+        Ok((messages * per_message) as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
 }
 
 /// A broker alone: QoS 1 from a publisher to a subscriber, the same
@@ -175,13 +179,8 @@ pub async fn mqtt_rate(
 pub async fn broker_raw_rate(port: u16, p: &Parameters) -> Result<f64, BenchError> {
     let mut subscriber = Subscriber::subscribe(port, "bench-raw-sub", "bench/raw/+").await?;
     let mut publisher = Publisher::connect(port, "bench-raw-pub").await?;
-    let mut rates = Vec::new();
-    for repetition in 0..=p.repetitions {
-        let count = if repetition == 0 {
-            p.readings / 10
-        } else {
-            p.readings
-        };
+    median_after_warm_up(p, async |warm_up| {
+        let count = if warm_up { p.readings / 10 } else { p.readings };
         let started = Instant::now();
         let publishing = publisher.publish_all(count, |n| {
             let (topic, payload) = mqtt_message(n, p.sensors, 1);
@@ -193,11 +192,9 @@ pub async fn broker_raw_rate(port: u16, p: &Parameters) -> Result<f64, BenchErro
         let (published, received) = tokio::join!(publishing, subscriber.receive(count));
         published?;
         received?;
-        if repetition > 0 {
-            rates.push(count as f64 / started.elapsed().as_secs_f64());
-        }
-    }
-    Ok(median(rates))
+        Ok(count as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
 }
 
 pub async fn read(service: &ServiceProcess, p: &Parameters) -> Result<Read, BenchError> {
@@ -237,20 +234,18 @@ pub async fn read(service: &ServiceProcess, p: &Parameters) -> Result<Read, Benc
 /// The median time until the whole answer to `path` arrived, and how many
 /// points it held.
 async fn history_time(api: &Api, path: &str, p: &Parameters) -> Result<(f64, usize), BenchError> {
-    let mut times = Vec::new();
     let mut points = 0;
-    for repetition in 0..=p.repetitions {
+    let time = median_after_warm_up(p, async |_| {
         let started = Instant::now();
         let body = api.request(Method::GET, path).send().await?.bytes().await?;
         let elapsed = millis(started.elapsed());
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| BenchError::Service(format!("{path}: not JSON: {e}")))?;
         points = answer.as_array().map_or(0, Vec::len);
-        if repetition > 0 {
-            times.push(elapsed);
-        }
-    }
-    Ok((median(times), points))
+        Ok(elapsed)
+    })
+    .await?;
+    Ok((time, points))
 }
 
 /// `POST /fail_node` until the node is out; recovered (untimed) after each.

@@ -111,18 +111,27 @@ pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerEr
             }
         })
         .map_err(|e| error(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(internal).await.is_err() {
-        if Instant::now() > deadline {
-            return Err(error("it did not accept connections within 10 s".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !accepts_connections(internal, Duration::from_secs(10)).await {
+        return Err(error("it did not accept connections within 10 s".into()));
     }
     tracing::info!(%listen, window_mb = settings.memory_mb, "embedded MQTT broker listening");
     Ok(EmbeddedBroker {
         internal,
         front_door: FrontDoor::open(public, internal),
     })
+}
+
+/// Whether something accepts TCP connections on `address` within
+/// `timeout` (a broker that was just started), trying every 20 ms.
+pub async fn accepts_connections(address: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// A tracing layer that counts rumqttd's report of a subscriber skipping
