@@ -19,6 +19,20 @@ async fn stored(s: &Service) -> u64 {
     s.copies().await / 2
 }
 
+/// Waits (up to a minute) until `count` readings are stored, and asserts
+/// that exactly that many are.
+async fn wait_stored(s: &Service, count: u64) {
+    let mut now = 0;
+    for _ in 0..1_200 {
+        now = stored(s).await;
+        if now >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, count, "all {count} readings stored");
+}
+
 #[tokio::test]
 async fn readings_and_dead_letters_through_mosquitto() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -40,12 +54,7 @@ async fn readings_and_dead_letters_through_mosquitto() {
             .as_str()
             .is_some_and(|e| e.contains("not JSON"))
     );
-    for _ in 0..200 {
-        if stored(&s).await == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stored(&s, 1).await;
     assert_eq!(
         s.get(&format!("/measurement/m1:{T0}")).await.1["value"],
         3.0
@@ -86,18 +95,7 @@ async fn sigkill_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let s = Service::start_with_broker(dir.path(), broker.port);
     s.wait_subscribed().await;
     let _meter = publisher.await.expect("publisher");
-    let mut count = 0;
-    for _ in 0..1_200 {
-        count = stored(&s).await;
-        if count == READINGS as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        count, READINGS as u64,
-        "all {READINGS} stored after the restart"
-    );
+    wait_stored(&s, READINGS as u64).await;
     let copies = s.copies().await;
     assert_eq!(
         copies,
@@ -116,18 +114,6 @@ async fn publish_readings(
     for i in first..first + count {
         meter.publish_reading(sensor, T0, i).await;
     }
-}
-
-async fn wait_stored(s: &Service, count: u64) {
-    let mut now = 0;
-    for _ in 0..600 {
-        now = stored(s).await;
-        if now >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(now, count, "readings stored");
 }
 
 /// Blocks until a log line contains `needle` (after those already read).
