@@ -304,3 +304,52 @@ fn a_taken_mqtt_port_fails_at_start_naming_the_keys() {
     );
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn a_second_service_on_the_same_data_dir_is_refused_and_the_first_keeps_working() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = Service::start_in(dir.path(), "");
+    let put = energyguard(
+        &first,
+        WRITE_TOKEN,
+        &["put", "s1", "5", "--timestamp", "1751328000"],
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+
+    let second_dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        second_dir.path(),
+        &format!("listen = \"127.0.0.1:{}\"", free_port()),
+        "",
+    );
+    let config_text = std::fs::read_to_string(&config).expect("read config");
+    let shared = config_text.replace(
+        &second_dir.path().join("data").display().to_string(),
+        &dir.path().join("data").display().to_string(),
+    );
+    std::fs::write(&config, shared).expect("write config");
+    let second = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another process") && stderr.contains("data_dir"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+
+    let get = energyguard(&first, READ_TOKEN, &["get", "s1:1751328000000", "--json"]);
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(json(&get)["value"], 5.0);
+}

@@ -150,6 +150,10 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "{path} is in use by another process (is another energyguard running on this data_dir?)"
+    )]
+    InUse { path: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the storage node is closed")]
