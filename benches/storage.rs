@@ -13,6 +13,8 @@ use energyguard::storage::{NodeId, Record, StorageNode};
 use energyguard::version::Version;
 
 const BATCH: i64 = 5_000;
+/// The embedded broker's window of unacknowledged MQTT messages.
+const SMALL_BATCH: i64 = 100;
 const SENSORS: i64 = 100;
 
 fn nodes(n: usize) -> Vec<NodeId> {
@@ -27,11 +29,11 @@ fn sensors() -> Vec<SensorId> {
         .collect()
 }
 
-/// A batch of `BATCH` new readings over `SENSORS` sensors, at timestamps
+/// A batch of `rows` new readings over `SENSORS` sensors, at timestamps
 /// never used before in this process.
-fn next_batch(clock: &AtomicI64, sensors: &[SensorId]) -> Vec<Reading> {
-    let base = clock.fetch_add(BATCH, Ordering::Relaxed);
-    (0..BATCH)
+fn next_batch(clock: &AtomicI64, sensors: &[SensorId], rows: i64) -> Vec<Reading> {
+    let base = clock.fetch_add(rows, Ordering::Relaxed);
+    (0..rows)
         .map(|i| Reading {
             key: Key::new(sensors[(i % SENSORS) as usize].clone(), base + i),
             sample: Sample {
@@ -59,19 +61,27 @@ fn ring_lookup(c: &mut Criterion) {
 }
 
 /// Guards the per-row cost of the SQLite node (upsert by version in one
-/// transaction), for both durability levels.
+/// transaction), for both durability levels, in large commits (a batched
+/// HTTP request) and small ones (one window of MQTT messages, or a few
+/// concurrent single-reading requests), where the per-commit cost (one WAL
+/// frame per touched page, the fsync) dominates.
 fn sqlite_batch_insert(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut group = c.benchmark_group("sqlite_batch_insert");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    for sync in [Synchronous::Normal, Synchronous::Full] {
+    for (sync, rows) in [
+        (Synchronous::Normal, BATCH),
+        (Synchronous::Full, BATCH),
+        (Synchronous::Full, SMALL_BATCH),
+    ] {
+        group.throughput(Throughput::Elements(rows as u64));
         let dir = tempfile::tempdir().expect("temp dir");
         let node = SqliteNode::open(nodes(1).remove(0), dir.path(), sync).expect("open");
         let clock = AtomicI64::new(0);
         let sensors = sensors();
-        group.bench_function(BenchmarkId::from_parameter(format!("{sync:?}")), |b| {
+        let name = format!("{sync:?}, {rows} rows");
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.to_async(&runtime).iter(|| {
-                let records: Vec<Record> = next_batch(&clock, &sensors)
+                let records: Vec<Record> = next_batch(&clock, &sensors, rows)
                     .into_iter()
                     .map(|r| Record {
                         key: r.key,
@@ -130,7 +140,7 @@ fn replicated_batch_write(c: &mut Criterion) {
         let sensors = sensors();
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.to_async(&runtime).iter(|| {
-                let batch = next_batch(&clock, &sensors);
+                let batch = next_batch(&clock, &sensors, BATCH);
                 let replicator = &replicator;
                 async move { replicator.put(batch).await.expect("put") }
             })
@@ -143,8 +153,10 @@ fn replicated_batch_write(c: &mut Criterion) {
                 BenchmarkId::from_parameter("consistent rf2, 2 batches in flight"),
                 |b| {
                     b.to_async(&runtime).iter(|| {
-                        let (first, second) =
-                            (next_batch(&clock, &sensors), next_batch(&clock, &sensors));
+                        let (first, second) = (
+                            next_batch(&clock, &sensors, BATCH),
+                            next_batch(&clock, &sensors, BATCH),
+                        );
                         let replicator = &replicator;
                         async move {
                             let (a, b) =

@@ -151,6 +151,47 @@ async fn alerts_are_published_retained_when_they_fire_and_resolve() {
     assert_eq!(resolved["id"], alert["id"], "the same episode");
 }
 
+/// A sensor's readings, batched many to a transaction, still reach the alert
+/// engine in order: a reading evaluated after a later one would be skipped
+/// as late, and episodes lost or merged.
+#[tokio::test]
+async fn a_fast_stream_is_evaluated_in_order() {
+    const BLOCKS: i64 = 150;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    s.post(
+        "/set_threshold",
+        json!({"sensor_id": "ord", "max": 100, "hysteresis": 1}),
+    )
+    .await;
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    // Blocks of ten readings alternately above and below the limit: one
+    // episode per pair of blocks.
+    for i in 0..BLOCKS * 10 {
+        let value = if (i / 10) % 2 == 0 { 150 } else { 50 };
+        meter
+            .publish(
+                "energyguard/readings/ord",
+                format!(
+                    r#"{{"timestamp":{},"value":{value}}}"#,
+                    (T0 + i) as f64 / 1000.0
+                ),
+            )
+            .await;
+    }
+    wait_for_count(&s, "/sensor/ord/history", (BLOCKS * 10) as usize).await;
+    let (status, alerts) = s.get("/alerts?sensor_id=ord&limit=1000").await;
+    assert_eq!(status, StatusCode::OK);
+    let alerts = alerts.as_array().expect("a list");
+    assert_eq!(alerts.len() as i64, BLOCKS / 2, "{alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["state"] == "resolved" && a["readings"] == 10)
+    );
+}
+
 #[tokio::test]
 async fn readings_wait_while_the_quorum_is_unmet_and_arrive_after_recovery() {
     let dir = tempfile::tempdir().expect("temp dir");
