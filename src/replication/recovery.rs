@@ -74,7 +74,10 @@ impl Replicator {
         let started = Instant::now();
         let outcome = async {
             let hints = self.replay_hints(id).await?;
+            let hints_took = started.elapsed();
             let (repaired, removed) = self.repair(id).await?;
+            tracing::info!(node = %id, hints_ms = hints_took.as_millis() as u64,
+                repair_ms = (started.elapsed() - hints_took).as_millis() as u64, "recovery phases");
             Ok::<_, ReplicationError>((hints, repaired, removed))
         }
         .await;
