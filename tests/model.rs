@@ -2,23 +2,28 @@
 //!
 //! A long, seeded random sequence of writes, updates, deletes, node failures,
 //! recoveries, disk replacements, strategy changes and rebalancing steps runs
-//! against a replicator of in-memory nodes, next to a plain `BTreeMap` as the
-//! model. Every answer is checked against the model as it goes; at the end,
+//! against a replicator of in-memory nodes, and the same without disk
+//! replacements against SQLite nodes (journal, merges and digest cache
+//! included), next to a plain `BTreeMap` as the model. Every answer is checked against the model as it goes; at the end,
 //! once every node is recovered and the rebalance is finished, each node must
 //! hold exactly the model's live data for the sensors it owns, and no deleted
 //! key may be readable anywhere.
 //!
 //! Reproducible: the rebalance is stepped by the test (no background task)
-//! on a single-threaded runtime. `MODEL_SEEDS` (default 4) and `MODEL_OPS`
-//! (default 2,500) scale it; `MODEL_SEED` replays one seed.
+//! on a single-threaded runtime. `MODEL_SEEDS` (default 4; half as many on
+//! SQLite) and `MODEL_OPS` (default 2,500) scale it; `MODEL_SEED` replays
+//! one seed.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use common::*;
 use energyguard::reading::{Key, Reading, Sample};
+use energyguard::replication::Replicator;
 use energyguard::replication::{NodeStatus, ReplicationError, ReplicationSettings, StrategyKind};
+use energyguard::storage::memory::MemoryNode;
 use energyguard::storage::{NodeId, Scan, StorageNode};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,19 +39,61 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn random_operations_match_a_plain_map() {
-    let ops = env_number("MODEL_OPS", 2_500) as usize;
-    let seeds: Vec<u64> = match std::env::var("MODEL_SEED")
+/// The seeds to run: `MODEL_SEED`, or the first `count`.
+fn seeds(count: u64) -> Vec<u64> {
+    match std::env::var("MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
         Some(seed) => vec![seed],
-        None => (0..env_number("MODEL_SEEDS", 4)).collect(),
-    };
-    for seed in seeds {
-        run(seed, ops).await;
+        None => (0..count).collect(),
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn random_operations_on_memory_nodes_match_a_plain_map() {
+    let ops = env_number("MODEL_OPS", 2_500) as usize;
+    for seed in seeds(env_number("MODEL_SEEDS", 4)) {
+        let cluster = memory_cluster(NODES, initial_settings()).await;
+        let nodes = Nodes {
+            all: as_storage(&cluster.nodes),
+            wipeable: Some(cluster.nodes.clone()),
+        };
+        run(seed, ops, cluster.replicator.clone(), nodes).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn random_operations_on_sqlite_nodes_match_a_plain_map() {
+    let ops = env_number("MODEL_OPS", 2_500) as usize;
+    for seed in seeds(env_number("MODEL_SEEDS", 4).div_ceil(2)) {
+        let cluster = sqlite_node_cluster(NODES, initial_settings()).await;
+        let nodes = Nodes {
+            all: as_storage(&cluster.nodes),
+            wipeable: None,
+        };
+        run(seed, ops, cluster.replicator.clone(), nodes).await;
+    }
+}
+
+fn initial_settings() -> ReplicationSettings {
+    settings(StrategyKind::Consistent, 2, 1)
+}
+
+fn as_storage<N: StorageNode>(
+    nodes: &BTreeMap<NodeId, Arc<N>>,
+) -> BTreeMap<NodeId, Arc<dyn StorageNode>> {
+    nodes
+        .iter()
+        .map(|(id, n)| (id.clone(), n.clone() as Arc<dyn StorageNode>))
+        .collect()
+}
+
+/// The replicator's nodes, and the in-memory ones that can have their disk
+/// replaced by an empty one.
+struct Nodes {
+    all: BTreeMap<NodeId, Arc<dyn StorageNode>>,
+    wipeable: Option<BTreeMap<NodeId, Arc<MemoryNode>>>,
 }
 
 fn random_key(rng: &mut ChaCha8Rng) -> Key {
@@ -71,7 +118,8 @@ fn random_settings(rng: &mut ChaCha8Rng) -> ReplicationSettings {
 struct Run {
     seed: u64,
     op: usize,
-    cluster: MemoryCluster,
+    replicator: Arc<Replicator>,
+    nodes: Nodes,
     model: BTreeMap<Key, f64>,
     stats: BTreeMap<&'static str, usize>,
     /// A node whose disk was replaced and not yet repaired. Until it is, no
@@ -89,8 +137,7 @@ impl Run {
     }
 
     async fn statuses(&self) -> BTreeMap<NodeId, NodeStatus> {
-        self.cluster
-            .replicator
+        self.replicator
             .node_reports()
             .await
             .into_iter()
@@ -131,18 +178,17 @@ impl Run {
     }
 }
 
-async fn run(seed: u64, ops: usize) {
+async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let cluster = memory_cluster(NODES, settings(StrategyKind::Consistent, 2, 1)).await;
     let mut run = Run {
         seed,
         op: 0,
-        cluster,
+        replicator: replicator.clone(),
+        nodes,
         model: BTreeMap::new(),
         stats: BTreeMap::new(),
         wiped: None,
     };
-    let replicator = run.cluster.replicator.clone();
     let ids = node_ids(NODES);
 
     for op in 0..ops {
@@ -267,9 +313,11 @@ async fn run(seed: u64, ops: usize) {
                 // node is up and settled and each reading has a second copy.
                 let down = run.down_nodes().await;
                 let copies = replicator.placement().copies();
-                if down.len() == 1 && copies >= 2 && replicator.is_settled().await.expect("settled")
+                let wipeable = run.nodes.wipeable.as_ref();
+                if let Some(nodes) = wipeable.filter(|_| down.len() == 1 && copies >= 2)
+                    && replicator.is_settled().await.expect("settled")
                 {
-                    run.cluster.nodes[&down[0]].wipe();
+                    nodes[&down[0]].wipe();
                     run.wiped = Some(down[0].clone());
                     run.count("wipe");
                 }
@@ -313,7 +361,7 @@ async fn run(seed: u64, ops: usize) {
     );
 
     let placement = replicator.placement();
-    for (id, node) in &run.cluster.nodes {
+    for (id, node) in &run.nodes.all {
         let held: BTreeMap<Key, f64> = node
             .scan(Scan {
                 limit: usize::MAX,

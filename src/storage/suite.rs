@@ -23,15 +23,15 @@ fn sqlite() -> Subject {
     (Box::new(node), Some(dir))
 }
 
-fn node_id() -> NodeId {
+pub(super) fn node_id() -> NodeId {
     "node1".parse().expect("valid node id")
 }
 
-fn key(sensor: &str, ts: i64) -> Key {
+pub(super) fn key(sensor: &str, ts: i64) -> Key {
     Key::new(sensor.parse().expect("valid sensor"), ts)
 }
 
-fn value(sensor: &str, ts: i64, version: u64, v: f64) -> Record {
+pub(super) fn value(sensor: &str, ts: i64, version: u64, v: f64) -> Record {
     Record {
         key: key(sensor, ts),
         version: Version(version),
@@ -42,7 +42,7 @@ fn value(sensor: &str, ts: i64, version: u64, v: f64) -> Record {
     }
 }
 
-fn tombstone(sensor: &str, ts: i64, version: u64) -> Record {
+pub(super) fn tombstone(sensor: &str, ts: i64, version: u64) -> Record {
     Record {
         key: key(sensor, ts),
         version: Version(version),
@@ -50,7 +50,7 @@ fn tombstone(sensor: &str, ts: i64, version: u64) -> Record {
     }
 }
 
-fn all() -> Scan {
+pub(super) fn all() -> Scan {
     Scan {
         limit: usize::MAX,
         tombstones: true,

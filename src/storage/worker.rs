@@ -11,10 +11,16 @@
 //! If any operation of a shared transaction fails, the transaction is rolled
 //! back and each operation is retried alone, so one bad operation cannot fail
 //! its neighbours.
+//!
+//! An executor may also have chores of its own (the storage node merges its
+//! journal): the thread runs them in transactions of their own, at once when
+//! they are due, or once no write has arrived for [`IDLE`], and a last time
+//! when the worker closes.
 
 use std::sync::Mutex;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
@@ -25,6 +31,18 @@ use super::{StorageError, StorageResult};
 /// (records, roughly): bounds the latency a huge queue adds to the first job.
 const MAX_BATCH_WEIGHT: usize = 50_000;
 
+/// How long the queue must stay empty before a chore that can wait runs.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// When an executor's chore should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chore {
+    /// Before the next write.
+    Now,
+    /// Once no write has arrived for [`IDLE`].
+    WhenIdle,
+}
+
 /// What the writer thread does with one operation, inside a transaction.
 pub(crate) trait WriteExecutor: Send + 'static {
     type Op: Send + 'static;
@@ -34,6 +52,18 @@ pub(crate) trait WriteExecutor: Send + 'static {
     fn weight(op: &Self::Op) -> usize;
 
     fn execute(&mut self, tx: &Transaction<'_>, op: &Self::Op) -> StorageResult<Self::Out>;
+
+    /// The transaction of the operations executed since the last call of
+    /// `committed` or `rolled_back` has committed.
+    fn committed(&mut self) {}
+
+    /// That transaction was rolled back instead.
+    fn rolled_back(&mut self) {}
+
+    /// An operation of the executor's own, and when to run it.
+    fn chore(&self) -> Option<(Chore, Self::Op)> {
+        None
+    }
 }
 
 struct Job<E: WriteExecutor> {
@@ -91,7 +121,7 @@ fn run<E: WriteExecutor>(
     mut executor: E,
     receiver: mpsc::Receiver<Job<E>>,
 ) {
-    while let Ok(first) = receiver.recv() {
+    while let Some(first) = next_job(&mut connection, &mut executor, &receiver) {
         let mut weight = E::weight(&first.op);
         let mut jobs = vec![first];
         while weight < MAX_BATCH_WEIGHT {
@@ -118,6 +148,40 @@ fn run<E: WriteExecutor>(
             // The submitter may have gone away (cancelled); the write stands.
             let _ = job.reply.send(result);
         }
+        if let Some((Chore::Now, op)) = executor.chore() {
+            run_chore(&mut connection, &mut executor, op);
+        }
+    }
+    if let Some((_, op)) = executor.chore() {
+        run_chore(&mut connection, &mut executor, op);
+    }
+}
+
+/// Waits for the next job, running a chore that can wait whenever the queue
+/// stays empty for [`IDLE`]. `None` once the worker is closed.
+fn next_job<E: WriteExecutor>(
+    connection: &mut Connection,
+    executor: &mut E,
+    receiver: &mpsc::Receiver<Job<E>>,
+) -> Option<Job<E>> {
+    loop {
+        let Some((_, op)) = executor.chore() else {
+            return receiver.recv().ok();
+        };
+        match receiver.recv_timeout(IDLE) {
+            Ok(job) => return Some(job),
+            Err(RecvTimeoutError::Timeout) => run_chore(connection, executor, op),
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Runs a chore in a transaction of its own. A failed chore is logged and
+/// left to its next turn (the executor's state is as before it).
+fn run_chore<E: WriteExecutor>(connection: &mut Connection, executor: &mut E, op: E::Op) {
+    let (reply, _) = oneshot::channel();
+    if let Err(error) = execute_together(connection, executor, &[Job { op, reply }]) {
+        tracing::warn!(%error, "storage chore failed; it is tried again later");
     }
 }
 
@@ -126,11 +190,18 @@ fn execute_together<E: WriteExecutor>(
     executor: &mut E,
     jobs: &[Job<E>],
 ) -> StorageResult<Vec<E::Out>> {
-    let tx = connection.transaction()?;
-    let outs = jobs
-        .iter()
-        .map(|job| executor.execute(&tx, &job.op))
-        .collect::<StorageResult<Vec<_>>>()?;
-    tx.commit()?;
-    Ok(outs)
+    let result = (|| {
+        let tx = connection.transaction()?;
+        let outs = jobs
+            .iter()
+            .map(|job| executor.execute(&tx, &job.op))
+            .collect::<StorageResult<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(outs)
+    })();
+    match &result {
+        Ok(_) => executor.committed(),
+        Err(_) => executor.rolled_back(),
+    }
+    result
 }

@@ -14,7 +14,7 @@ use energyguard::reading::{Key, Reading, Sample, SensorId};
 use energyguard::replication::meta::MetaStore;
 use energyguard::replication::{PlacementSpec, ReplicationSettings, Replicator, StrategyKind};
 use energyguard::storage::memory::MemoryNode;
-use energyguard::storage::sqlite::Synchronous;
+use energyguard::storage::sqlite::{SqliteNode, Synchronous};
 use energyguard::storage::{NodeId, StorageNode};
 use tempfile::TempDir;
 
@@ -77,6 +77,41 @@ pub async fn memory_cluster(n: usize, settings: ReplicationSettings) -> MemoryCl
     .expect("open replicator");
     let nodes = created.lock().expect("lock").clone();
     MemoryCluster {
+        replicator,
+        nodes,
+        dir,
+    }
+}
+
+/// A replicator over SQLite nodes in a temp dir, with the nodes at hand.
+pub struct SqliteCluster {
+    pub replicator: Arc<Replicator>,
+    pub nodes: BTreeMap<NodeId, Arc<SqliteNode>>,
+    pub dir: TempDir,
+}
+
+pub async fn sqlite_node_cluster(n: usize, settings: ReplicationSettings) -> SqliteCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let created: Arc<Mutex<BTreeMap<NodeId, Arc<SqliteNode>>>> = Arc::default();
+    let meta = MetaStore::open(dir.path(), Synchronous::Normal).expect("meta store");
+    let spec = PlacementSpec {
+        settings,
+        nodes: node_ids(n),
+    };
+    let (sink, nodes_dir) = (created.clone(), dir.path().to_path_buf());
+    let replicator = Replicator::open(meta, spec, move |id| {
+        let node = Arc::new(SqliteNode::open(
+            id.clone(),
+            &nodes_dir,
+            Synchronous::Normal,
+        )?);
+        sink.lock().expect("lock").insert(id.clone(), node.clone());
+        Ok(node as Arc<dyn StorageNode>)
+    })
+    .await
+    .expect("open replicator");
+    let nodes = created.lock().expect("lock").clone();
+    SqliteCluster {
         replicator,
         nodes,
         dir,

@@ -1,27 +1,36 @@
 //! The SQLite storage node: one database file per node under `data_dir`.
 //!
-//! Writes go through the node's group-commit writer thread (`worker.rs`);
-//! reads run on a small pool of read-only connections on the blocking pool,
-//! which WAL mode lets proceed while the writer commits. Records live in one
+//! Writes go through the node's group-commit writer thread (`worker.rs`,
+//! with what it does in `writer.rs`: small writes via a journal); reads run
+//! on a small pool of read-only connections on the blocking pool, which WAL
+//! mode lets proceed while the writer commits. Records live in one
 //! `WITHOUT ROWID` table keyed by `(sensor, ts)`, so one sensor's history is a
 //! contiguous range of the primary key. A tombstone is a row whose `value` is
-//! NULL (a stored value is always a finite number).
+//! NULL (a stored value is always a finite number). Whole-sensor digests are
+//! cached between recoveries (`digest_cache.rs`).
+
+mod digest_cache;
+#[cfg(test)]
+mod tests;
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, Row, Transaction, params};
+use rusqlite::{Connection, OpenFlags, Row, params};
 use serde::Deserialize;
 
 use super::digest::DigestBuilder;
-use super::worker::{Worker, WriteExecutor};
+use super::worker::Worker;
 use super::{
     DigestRequest, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError, StorageNode,
     StorageResult,
 };
 use crate::reading::{Key, Sample, SensorId, Unit};
 use crate::version::Version;
+use digest_cache::{DigestCache, Refresh};
+use writer::{JOURNAL_SCHEMA, NodeWrite, NodeWriter, Pending, UPSERT_CHUNK};
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -45,23 +54,6 @@ CREATE TABLE IF NOT EXISTS readings (
     PRIMARY KEY (sensor, ts)
 ) WITHOUT ROWID;
 ";
-
-/// Rows per multi-row `INSERT`: one statement execution per chunk instead
-/// of per row cuts SQLite's per-statement overhead (about a third faster).
-const UPSERT_CHUNK: usize = 64;
-
-/// An upsert of `rows` rows that keeps the highest version per key. Within
-/// one statement rows are applied in order, so a key repeated in a chunk
-/// still ends with its highest version.
-fn upsert_sql(rows: usize) -> String {
-    let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
-    format!(
-        "INSERT INTO readings (sensor, ts, version, value, unit) VALUES {values}
-         ON CONFLICT (sensor, ts) DO UPDATE
-             SET version = excluded.version, value = excluded.value, unit = excluded.unit
-             WHERE excluded.version > readings.version"
-    )
-}
 
 /// SQLite's unix VFS variant for a database that one process owns. The
 /// first connection takes an exclusive POSIX lock on the file and holds it
@@ -196,87 +188,14 @@ impl ReadPool {
     }
 }
 
-/// Writes that go through the node's writer thread.
-pub(crate) enum NodeWrite {
-    Apply(Vec<Record>),
-    RemoveSensors(Vec<SensorId>),
-}
-
-struct NodeWriter;
-
-impl WriteExecutor for NodeWriter {
-    type Op = NodeWrite;
-    type Out = u64;
-
-    fn weight(op: &NodeWrite) -> usize {
-        match op {
-            NodeWrite::Apply(records) => records.len(),
-            NodeWrite::RemoveSensors(sensors) => sensors.len(),
-        }
-    }
-
-    fn execute(&mut self, tx: &Transaction<'_>, op: &NodeWrite) -> StorageResult<u64> {
-        let mut changed = 0;
-        match op {
-            NodeWrite::Apply(records) => {
-                // Readings of many sensors arrive interleaved; inserting them in
-                // key order walks the B-tree sequentially instead of seeking
-                // for every row.
-                let mut ordered: Vec<&Record> = records.iter().collect();
-                ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-                let mut chunks = ordered.chunks_exact(UPSERT_CHUNK);
-                let mut upsert = tx.prepare_cached(&upsert_sql(UPSERT_CHUNK))?;
-                for chunk in chunks.by_ref() {
-                    changed += execute_upsert(&mut upsert, chunk)?;
-                }
-                let rest = chunks.remainder();
-                if !rest.is_empty() {
-                    changed +=
-                        execute_upsert(&mut tx.prepare_cached(&upsert_sql(rest.len()))?, rest)?;
-                }
-            }
-            NodeWrite::RemoveSensors(sensors) => {
-                let mut delete = tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1")?;
-                for s in sensors {
-                    changed += delete.execute([s.as_str()])? as u64;
-                }
-            }
-        }
-        Ok(changed)
-    }
-}
-
-/// Binds `rows` to a statement made by `upsert_sql(rows.len())` and runs it.
-fn execute_upsert(
-    statement: &mut rusqlite::CachedStatement<'_>,
-    rows: &[&Record],
-) -> StorageResult<u64> {
-    for (i, r) in rows.iter().enumerate() {
-        let (value, unit) = match &r.sample {
-            Some(s) => (Some(s.value), s.unit.as_ref().map(Unit::as_str)),
-            None => (None, None),
-        };
-        let first = i * 5 + 1;
-        statement.raw_bind_parameter(first, r.key.sensor.as_str())?;
-        statement.raw_bind_parameter(first + 1, r.key.timestamp_ms)?;
-        statement.raw_bind_parameter(first + 2, version_to_sql(r.version))?;
-        statement.raw_bind_parameter(first + 3, value)?;
-        statement.raw_bind_parameter(first + 4, unit)?;
-    }
-    Ok(statement.raw_execute()? as u64)
-}
-
-/// SQLite stores signed 64-bit integers; versions are below 2^63 until the
-/// year 292,000,000, so the cast is lossless in practice and order-preserving.
-fn version_to_sql(v: Version) -> i64 {
-    v.0 as i64
-}
-
 /// A storage node backed by one SQLite database file.
 pub struct SqliteNode {
     id: NodeId,
     writer: Worker<NodeWriter>,
-    readers: std::sync::Arc<ReadPool>,
+    readers: Arc<ReadPool>,
+    /// Journaled records not yet in `readings` (see `writer.rs`).
+    pending: Arc<Pending>,
+    digests: Arc<DigestCache>,
 }
 
 impl SqliteNode {
@@ -284,19 +203,85 @@ impl SqliteNode {
     pub fn open(id: NodeId, dir: &Path, synchronous: Synchronous) -> StorageResult<Self> {
         crate::storage::ensure_dir(dir)?;
         let path = dir.join(format!("{id}.sqlite3"));
-        let connection = open_connection(&path, synchronous)?;
+        let mut connection = open_connection(&path, synchronous)?;
         connection.execute_batch(SCHEMA)?;
-        // One prepared upsert per chunk length (1..=UPSERT_CHUNK) stays
-        // cached: with rusqlite's default of 16, small group commits of
-        // varying size re-parsed a many-row statement on most commits.
-        connection.set_prepared_statement_cache_capacity(UPSERT_CHUNK + 8);
-        let writer = Worker::spawn(format!("store-{id}"), connection, NodeWriter)?;
+        connection.execute_batch(JOURNAL_SCHEMA)?;
+        // One prepared statement per chunk length (1..=UPSERT_CHUNK) of the
+        // upsert and of the journal append stays cached: with rusqlite's
+        // default of 16, small group commits of varying size re-parsed a
+        // many-row statement on most commits.
+        connection.set_prepared_statement_cache_capacity(2 * UPSERT_CHUNK + 8);
+        let pending = Arc::new(Pending::default());
+        let digests = Arc::new(DigestCache::default());
+        let executor = NodeWriter::open(&mut connection, pending.clone(), digests.clone())?;
+        let writer = Worker::spawn(format!("store-{id}"), connection, executor)?;
         Ok(Self {
             id,
             writer,
-            readers: std::sync::Arc::new(ReadPool::new(path)),
+            readers: Arc::new(ReadPool::new(path)),
+            pending,
+            digests,
         })
     }
+
+    /// Merges the journal into `readings`, so that a read of `readings`
+    /// sees every write acknowledged so far.
+    async fn merge_journal(&self) -> StorageResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.writer.submit(NodeWrite::Merge).await.map(|_| ())
+    }
+
+    /// Digests of one sensor or of all, whole or in buckets, read from
+    /// `readings` (the journal merged).
+    async fn compute_digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
+        self.readers
+            .read(move |c| digests_from_rows(c, &request))
+            .await
+    }
+
+    /// Whole-sensor digests of the named sensors (none for a sensor without rows).
+    async fn digests_of(&self, sensors: Vec<SensorId>) -> StorageResult<Vec<RangeDigest>> {
+        self.readers
+            .read(move |c| {
+                let mut out = Vec::with_capacity(sensors.len());
+                for sensor in sensors {
+                    let request = DigestRequest {
+                        sensor: Some(sensor),
+                        bucket_ms: None,
+                    };
+                    out.extend(digests_from_rows(c, &request)?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+/// Reads the rows `request` covers from `readings` and digests them.
+fn digests_from_rows(c: &Connection, request: &DigestRequest) -> StorageResult<Vec<RangeDigest>> {
+    let mut builder = DigestBuilder::new(request);
+    let base = "SELECT sensor, ts, version, value IS NULL FROM readings";
+    let mut stmt;
+    let mut rows = match &request.sensor {
+        Some(s) => {
+            stmt = c.prepare_cached(&format!("{base} WHERE sensor = ?1 ORDER BY sensor, ts"))?;
+            stmt.query([s.as_str()])?
+        }
+        None => {
+            stmt = c.prepare_cached(&format!("{base} ORDER BY sensor, ts"))?;
+            stmt.query([])?
+        }
+    };
+    let mut decoder = RecordDecoder::new();
+    while let Some(row) = rows.next()? {
+        let sensor = decoder.sensor(row)?;
+        let version = Version(row.get_ref(2)?.as_i64()? as u64);
+        let tombstone = row.get_ref(3)?.as_i64()? != 0;
+        builder.push(&sensor, row.get_ref(1)?.as_i64()?, version, tombstone);
+    }
+    Ok(builder.finish())
 }
 
 /// Turns rows in key order into records, sharing one `SensorId` per run of
@@ -404,7 +389,10 @@ impl StorageNode for SqliteNode {
     }
 
     async fn get(&self, key: &Key) -> StorageResult<Option<Record>> {
-        self.readers.read_inline(|c| {
+        // The journal first: a record merged away from it in between is in
+        // `readings` by the time `readings` is read.
+        let journaled = self.pending.get(key);
+        let stored = self.readers.read_inline(|c| {
             let mut stmt = c.prepare_cached(GET)?;
             let mut rows = stmt.query(params![key.sensor.as_str(), key.timestamp_ms])?;
             // The key is known: seed the decoder with its sensor instead of
@@ -413,10 +401,15 @@ impl StorageNode for SqliteNode {
                 last_sensor: Some(key.sensor.clone()),
             };
             rows.next()?.map(|row| decoder.decode(row)).transpose()
+        })?;
+        Ok(match (journaled, stored) {
+            (Some(a), Some(b)) => Some(Record::newest(a, b)),
+            (a, b) => a.or(b),
         })
     }
 
     async fn scan(&self, scan: Scan) -> StorageResult<Vec<Record>> {
+        self.merge_journal().await?;
         self.readers
             .read(move |c| {
                 let (sql, args) = scan_sql(&scan);
@@ -433,30 +426,16 @@ impl StorageNode for SqliteNode {
     }
 
     async fn digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
-        self.readers
-            .read(move |c| {
-                let mut builder = DigestBuilder::new(&request);
-                let base = "SELECT sensor, ts, version, value IS NULL FROM readings";
-                let mut stmt;
-                let mut rows = match &request.sensor {
-                    Some(s) => {
-                        stmt =
-                            c.prepare(&format!("{base} WHERE sensor = ?1 ORDER BY sensor, ts"))?;
-                        stmt.query([s.as_str()])?
-                    }
-                    None => {
-                        stmt = c.prepare(&format!("{base} ORDER BY sensor, ts"))?;
-                        stmt.query([])?
-                    }
-                };
-                let mut decoder = RecordDecoder::new();
-                while let Some(row) = rows.next()? {
-                    let sensor = decoder.sensor(row)?;
-                    let version = Version(row.get_ref(2)?.as_i64()? as u64);
-                    let tombstone = row.get_ref(3)?.as_i64()? != 0;
-                    builder.push(&sensor, row.get_ref(1)?.as_i64()?, version, tombstone);
+        self.merge_journal().await?;
+        if request.sensor.is_some() || request.bucket_ms.is_some() {
+            return self.compute_digests(request).await;
+        }
+        self.digests
+            .all(|refresh| async move {
+                match refresh {
+                    Refresh::All => self.compute_digests(DigestRequest::default()).await,
+                    Refresh::Sensors(sensors) => self.digests_of(sensors).await,
                 }
-                Ok(builder.finish())
             })
             .await
     }
@@ -469,6 +448,7 @@ impl StorageNode for SqliteNode {
     }
 
     async fn stats(&self) -> StorageResult<NodeStats> {
+        self.merge_journal().await?;
         self.readers
             .read(|c| {
                 let (live, dead, max): (i64, i64, Option<i64>) = c.query_row(

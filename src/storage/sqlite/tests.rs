@@ -1,0 +1,165 @@
+//! What the shared suite cannot see of the SQLite node: the journal (small
+//! writes, its merge, one left by a crash) and the digest cache.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::storage::memory::MemoryNode;
+use crate::storage::suite::{all, key, node_id, tombstone, value};
+
+fn open(dir: &Path) -> SqliteNode {
+    SqliteNode::open(node_id(), dir, Synchronous::Normal).expect("open node")
+}
+
+/// Rows in the node's `journal` table.
+fn journal_rows(node: &SqliteNode) -> i64 {
+    node.readers
+        .read_inline(|c| Ok(c.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))?))
+        .expect("count journal")
+}
+
+#[tokio::test]
+async fn small_writes_are_journaled_readable_at_once_and_merged_when_idle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = open(dir.path());
+    node.apply(vec![value("s", 1, 4, 1.0), value("s", 2, 5, 2.0)])
+        .await
+        .expect("apply");
+    assert_eq!(journal_rows(&node), 2);
+    assert_eq!(
+        node.get(&key("s", 2)).await.expect("get"),
+        Some(value("s", 2, 5, 2.0))
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journal_rows(&node) > 0 {
+        assert!(Instant::now() < deadline, "the journal was never merged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(node.pending.is_empty());
+    assert_eq!(
+        node.get(&key("s", 1)).await.expect("get"),
+        Some(value("s", 1, 4, 1.0))
+    );
+}
+
+#[tokio::test]
+async fn a_journal_left_by_a_crash_is_merged_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        // What a SIGKILL leaves: rows in the journal, one superseded by a
+        // newer row of the same key, one older than what `readings` holds.
+        let c = Connection::open(dir.path().join("node1.sqlite3")).expect("open file");
+        c.execute_batch(SCHEMA).expect("schema");
+        c.execute_batch(JOURNAL_SCHEMA).expect("journal schema");
+        c.execute_batch(
+            "INSERT INTO readings VALUES ('s', 3, 9, 3.0, 'W');
+             INSERT INTO journal (sensor, ts, version, value, unit) VALUES
+                 ('s', 1, 4, 1.0, 'W'), ('s', 1, 6, 1.5, 'W'),
+                 ('s', 2, 5, NULL, NULL), ('s', 3, 8, 0.5, 'W');",
+        )
+        .expect("rows");
+    }
+    let node = open(dir.path());
+    assert_eq!(journal_rows(&node), 0);
+    assert_eq!(
+        node.scan(all()).await.expect("scan"),
+        vec![
+            value("s", 1, 6, 1.5),
+            tombstone("s", 2, 5),
+            value("s", 3, 9, 3.0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn journaled_and_direct_writes_of_one_key_keep_the_highest_version() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = open(dir.path());
+    node.apply(vec![value("s", 1, 5, 1.0), value("s", 2, 5, 1.0)])
+        .await
+        .expect("journaled");
+    // Over the journal's limit: written straight into `readings`.
+    let mut big: Vec<Record> = (10..2_010).map(|ts| value("t", ts, 1, 0.0)).collect();
+    big.push(value("s", 1, 3, 9.0));
+    big.push(value("s", 2, 7, 7.0));
+    assert_eq!(node.apply(big).await.expect("direct"), 2_001);
+    assert_eq!(
+        node.get(&key("s", 1)).await.expect("get"),
+        Some(value("s", 1, 5, 1.0))
+    );
+    assert_eq!(
+        node.get(&key("s", 2)).await.expect("get"),
+        Some(value("s", 2, 7, 7.0))
+    );
+    // A journaled write older than the direct one changes nothing.
+    assert_eq!(
+        node.apply(vec![value("s", 2, 6, 6.0)])
+            .await
+            .expect("journaled"),
+        0
+    );
+
+    let sensor_s = Scan {
+        sensor: Some("s".parse().expect("sensor")),
+        ..all()
+    };
+    assert_eq!(
+        node.scan(sensor_s).await.expect("scan"),
+        vec![value("s", 1, 5, 1.0), value("s", 2, 7, 7.0)]
+    );
+    assert_eq!(journal_rows(&node), 0, "a scan merges the journal first");
+}
+
+#[tokio::test]
+async fn cached_digests_follow_every_kind_of_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = open(dir.path());
+    let model = MemoryNode::new(node_id());
+    let both = |records: Vec<Record>| {
+        let (node, model) = (&node, &model);
+        async move {
+            node.apply(records.clone()).await.expect("apply");
+            model.apply(records).await.expect("apply model");
+        }
+    };
+    let same_digests = || async {
+        assert_eq!(
+            node.digests(DigestRequest::default())
+                .await
+                .expect("digests"),
+            model
+                .digests(DigestRequest::default())
+                .await
+                .expect("model digests")
+        );
+    };
+
+    for sensor in ["a", "b", "c", "d", "e"] {
+        both((0..50).map(|ts| value(sensor, ts, 1, 1.0)).collect()).await;
+    }
+    same_digests().await;
+    // One sensor changed by a journaled write, one by a direct one.
+    both(vec![value("a", 7, 2, 2.0)]).await;
+    same_digests().await;
+    both((0..1_500).map(|ts| value("b", ts, 3, 3.0)).collect()).await;
+    same_digests().await;
+    both(vec![tombstone("c", 3, 4)]).await;
+    same_digests().await;
+    let gone = vec!["d".parse().expect("sensor")];
+    node.remove_sensors(gone.clone()).await.expect("remove");
+    model.remove_sensors(gone).await.expect("remove model");
+    same_digests().await;
+    // Reopened: the cache starts empty and the answer is the same.
+    node.close().await.expect("close");
+    let node = open(dir.path());
+    assert_eq!(
+        node.digests(DigestRequest::default())
+            .await
+            .expect("digests"),
+        model
+            .digests(DigestRequest::default())
+            .await
+            .expect("model digests")
+    );
+}

@@ -1,0 +1,349 @@
+//! What the node's writer thread does: small writes into the journal, large
+//! ones straight into `readings`, and the journal merged into `readings` in
+//! bulk.
+//!
+//! Why a journal: `readings` is clustered by `(sensor, ts)`, so a commit of
+//! 100 readings of 100 sensors touches about 100 B-tree pages, each written
+//! to the WAL in full (≈ 1.2 ms, against 7 ms for 5,000 readings). The MQTT
+//! consumer (at most 100 unacknowledged messages with the embedded broker)
+//! and concurrent single-reading POSTs commit exactly such small batches.
+//! Appended to the `journal` table, a rowid table in insertion order, the
+//! same commit writes two or three pages; the journal is merged into
+//! `readings` once it holds [`MERGE_AT`] records or the node is idle, where
+//! the pages are shared by thousands of rows again.
+//!
+//! A journaled record is durable once its transaction commits, like any
+//! other. Until merged it is also held in memory ([`Pending`]), which point
+//! reads consult next to `readings`; everything else that reads `readings`
+//! (scans, digests, stats, removals) has the journal merged first, so it
+//! never needs to merge two sources. At open, a journal left by a crash is
+//! merged before the node serves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction};
+
+use super::RecordDecoder;
+use super::digest_cache::DigestCache;
+use crate::reading::{Key, SensorId, Unit};
+use crate::storage::worker::{Chore, WriteExecutor};
+use crate::storage::{Record, StorageResult};
+use crate::version::Version;
+
+/// Writes of at most this many records go to the journal.
+const JOURNAL_UP_TO: usize = 1_000;
+/// Merge the journal as soon as it holds this many records.
+const MERGE_AT: usize = 4_096;
+/// Rows per multi-row `INSERT`: one statement execution per chunk instead
+/// of per row cuts SQLite's per-statement overhead (about a third faster).
+pub(super) const UPSERT_CHUNK: usize = 64;
+
+pub(super) const JOURNAL_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS journal (
+    seq     INTEGER PRIMARY KEY,
+    sensor  TEXT    NOT NULL,
+    ts      INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    value   REAL,
+    unit    TEXT
+);
+";
+
+/// An upsert of `rows` rows that keeps the highest version per key. Within
+/// one statement rows are applied in order, so a key repeated in a chunk
+/// still ends with its highest version.
+fn upsert_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO readings (sensor, ts, version, value, unit) VALUES {values}
+         ON CONFLICT (sensor, ts) DO UPDATE
+             SET version = excluded.version, value = excluded.value, unit = excluded.unit
+             WHERE excluded.version > readings.version"
+    )
+}
+
+fn journal_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
+    format!("INSERT INTO journal (sensor, ts, version, value, unit) VALUES {values}")
+}
+
+/// Journaled records not yet merged into `readings`, newest per key: the
+/// writer thread changes them (after its commits), readers look keys up.
+///
+/// A std `RwLock`: held only for a lookup or an insert, never across a
+/// query or an await.
+#[derive(Default)]
+pub(super) struct Pending {
+    records: RwLock<BTreeMap<Key, Record>>,
+}
+
+impl Pending {
+    pub(super) fn get(&self, key: &Key) -> Option<Record> {
+        self.read().get(key).cloned()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Key, Record>> {
+        self.records.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Key, Record>> {
+        self.records.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes that go through the node's writer thread.
+pub(super) enum NodeWrite {
+    Apply(Vec<Record>),
+    RemoveSensors(Vec<SensorId>),
+    /// Moves everything journaled into `readings`.
+    Merge,
+}
+
+pub(super) struct NodeWriter {
+    pending: Arc<Pending>,
+    /// How many records `pending` holds (only this thread changes it).
+    pending_len: usize,
+    /// Journaled by the open transaction: pending once it commits.
+    staged: BTreeMap<Key, Record>,
+    /// The open transaction merged the journal into `readings`.
+    merged: bool,
+    /// Sensors whose rows in `readings` the open transaction changed.
+    touched: BTreeSet<SensorId>,
+    digests: Arc<DigestCache>,
+}
+
+impl NodeWriter {
+    /// Merges a journal left by the previous run, then answers the writer.
+    pub(super) fn open(
+        connection: &mut Connection,
+        pending: Arc<Pending>,
+        digests: Arc<DigestCache>,
+    ) -> StorageResult<Self> {
+        let tx = connection.transaction()?;
+        let left: Vec<Record> = {
+            let mut select = tx.prepare(
+                "SELECT sensor, ts, version, value, unit FROM journal ORDER BY sensor, ts",
+            )?;
+            let mut rows = select.query([])?;
+            let mut decoder = RecordDecoder::new();
+            let mut left = Vec::new();
+            while let Some(row) = rows.next()? {
+                left.push(decoder.decode(row)?);
+            }
+            left
+        };
+        if !left.is_empty() {
+            tracing::info!(
+                records = left.len(),
+                "merging the journal left by the last run"
+            );
+            upsert(&tx, left.iter().collect())?;
+            tx.execute("DELETE FROM journal", [])?;
+        }
+        tx.commit()?;
+        Ok(Self {
+            pending,
+            pending_len: 0,
+            staged: BTreeMap::new(),
+            merged: false,
+            touched: BTreeSet::new(),
+            digests,
+        })
+    }
+
+    /// The version this node holds for `key` as the open transaction sees it.
+    fn current_version(
+        &self,
+        pending: &BTreeMap<Key, Record>,
+        lookup: &mut CachedStatement<'_>,
+        key: &Key,
+    ) -> StorageResult<Option<Version>> {
+        let journaled = self.staged.get(key).or_else(|| pending.get(key));
+        // Both: a direct write may have superseded a journaled record.
+        let stored: Option<i64> = lookup
+            .query_row(
+                rusqlite::params![key.sensor.as_str(), key.timestamp_ms],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let stored = stored.map(|v| Version(v as u64));
+        Ok(journaled.map(|r| r.version).max(stored))
+    }
+
+    /// Journals the records that are newer than what the node holds.
+    fn journal(&mut self, tx: &Transaction<'_>, records: &[Record]) -> StorageResult<u64> {
+        let pending = self.pending.clone();
+        let pending = pending.read();
+        let mut lookup =
+            tx.prepare_cached("SELECT version FROM readings WHERE sensor = ?1 AND ts = ?2")?;
+        let mut newer = Vec::with_capacity(records.len());
+        for record in records {
+            let current = self.current_version(&pending, &mut lookup, &record.key)?;
+            if current.is_none_or(|v| record.version > v) {
+                self.staged.insert(record.key.clone(), record.clone());
+                newer.push(record);
+            }
+        }
+        insert_chunked(tx, &newer, journal_sql)?;
+        Ok(newer.len() as u64)
+    }
+
+    /// Writes records straight into `readings`, leaving out those a
+    /// journaled record already supersedes.
+    fn upsert_direct(&mut self, tx: &Transaction<'_>, records: &[Record]) -> StorageResult<u64> {
+        let pending = self.pending.clone();
+        let pending = pending.read();
+        let ordered: Vec<&Record> = records
+            .iter()
+            .filter(|r| {
+                self.staged
+                    .get(&r.key)
+                    .or_else(|| pending.get(&r.key))
+                    .is_none_or(|journaled| r.version > journaled.version)
+            })
+            .collect();
+        self.touched
+            .extend(ordered.iter().map(|r| r.key.sensor.clone()));
+        upsert(tx, ordered)
+    }
+
+    /// Moves everything journaled (committed or staged) into `readings`.
+    fn merge(&mut self, tx: &Transaction<'_>) -> StorageResult<()> {
+        let pending = self.pending.clone();
+        let pending = pending.read();
+        if pending.is_empty() && self.staged.is_empty() {
+            return Ok(());
+        }
+        let mut all: BTreeMap<&Key, &Record> = pending.iter().collect();
+        // Staged records were checked against pending ones: they are newer.
+        all.extend(self.staged.iter());
+        self.touched.extend(all.keys().map(|k| k.sensor.clone()));
+        upsert(tx, all.into_values().collect())?;
+        tx.execute("DELETE FROM journal", [])?;
+        self.staged.clear();
+        self.merged = true;
+        Ok(())
+    }
+}
+
+impl WriteExecutor for NodeWriter {
+    type Op = NodeWrite;
+    type Out = u64;
+
+    fn weight(op: &NodeWrite) -> usize {
+        match op {
+            NodeWrite::Apply(records) => records.len(),
+            NodeWrite::RemoveSensors(sensors) => sensors.len(),
+            NodeWrite::Merge => 1,
+        }
+    }
+
+    fn execute(&mut self, tx: &Transaction<'_>, op: &NodeWrite) -> StorageResult<u64> {
+        match op {
+            NodeWrite::Apply(records) if records.len() <= JOURNAL_UP_TO => {
+                self.journal(tx, records)
+            }
+            NodeWrite::Apply(records) => self.upsert_direct(tx, records),
+            NodeWrite::RemoveSensors(sensors) => {
+                self.merge(tx)?;
+                let mut delete = tx.prepare_cached("DELETE FROM readings WHERE sensor = ?1")?;
+                let mut removed = 0;
+                for s in sensors {
+                    removed += delete.execute([s.as_str()])? as u64;
+                }
+                self.touched.extend(sensors.iter().cloned());
+                Ok(removed)
+            }
+            NodeWrite::Merge => {
+                self.merge(tx)?;
+                Ok(0)
+            }
+        }
+    }
+
+    fn committed(&mut self) {
+        {
+            let mut pending = self.pending.write();
+            if self.merged {
+                pending.clear();
+            }
+            pending.append(&mut self.staged);
+            self.pending_len = pending.len();
+        }
+        self.merged = false;
+        // After the commit: a digest computed from then on sees the change.
+        self.digests.touch(std::mem::take(&mut self.touched));
+    }
+
+    fn rolled_back(&mut self) {
+        self.staged.clear();
+        self.merged = false;
+        self.touched.clear();
+    }
+
+    fn chore(&self) -> Option<(Chore, NodeWrite)> {
+        match self.pending_len {
+            0 => None,
+            n if n >= MERGE_AT => Some((Chore::Now, NodeWrite::Merge)),
+            _ => Some((Chore::WhenIdle, NodeWrite::Merge)),
+        }
+    }
+}
+
+/// Upserts records into `readings`, answering how many changed it.
+fn upsert(tx: &Transaction<'_>, mut records: Vec<&Record>) -> StorageResult<u64> {
+    // Readings of many sensors arrive interleaved; inserting them in key
+    // order walks the B-tree sequentially instead of seeking for every row.
+    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    insert_chunked(tx, &records, upsert_sql)
+}
+
+/// Runs `sql(n)`, a statement of `n` rows of (sensor, ts, version, value,
+/// unit), over `records` in chunks of [`UPSERT_CHUNK`]. Answers rows changed.
+fn insert_chunked(
+    tx: &Transaction<'_>,
+    records: &[&Record],
+    sql: fn(usize) -> String,
+) -> StorageResult<u64> {
+    let mut changed = 0;
+    let mut chunks = records.chunks_exact(UPSERT_CHUNK);
+    if chunks.len() > 0 {
+        let mut statement = tx.prepare_cached(&sql(UPSERT_CHUNK))?;
+        for chunk in chunks.by_ref() {
+            changed += execute_rows(&mut statement, chunk)?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        changed += execute_rows(&mut tx.prepare_cached(&sql(rest.len()))?, rest)?;
+    }
+    Ok(changed)
+}
+
+/// Binds `rows` to a statement of `rows.len()` rows and runs it.
+fn execute_rows(statement: &mut CachedStatement<'_>, rows: &[&Record]) -> StorageResult<u64> {
+    for (i, r) in rows.iter().enumerate() {
+        let (value, unit) = match &r.sample {
+            Some(s) => (Some(s.value), s.unit.as_ref().map(Unit::as_str)),
+            None => (None, None),
+        };
+        let first = i * 5 + 1;
+        statement.raw_bind_parameter(first, r.key.sensor.as_str())?;
+        statement.raw_bind_parameter(first + 1, r.key.timestamp_ms)?;
+        statement.raw_bind_parameter(first + 2, version_to_sql(r.version))?;
+        statement.raw_bind_parameter(first + 3, value)?;
+        statement.raw_bind_parameter(first + 4, unit)?;
+    }
+    Ok(statement.raw_execute()? as u64)
+}
+
+/// SQLite stores signed 64-bit integers; versions are below 2^63 until the
+/// year 292,000,000, so the cast is lossless in practice and order-preserving.
+fn version_to_sql(v: Version) -> i64 {
+    v.0 as i64
+}
