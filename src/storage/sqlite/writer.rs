@@ -219,15 +219,44 @@ impl NodeWriter {
         if pending.is_empty() && self.staged.is_empty() {
             return Ok(());
         }
-        let mut all: BTreeMap<&Key, &Record> = pending.iter().collect();
         // Staged records were checked against pending ones: they are newer.
-        all.extend(self.staged.iter());
-        self.touched.extend(all.keys().map(|k| k.sensor.clone()));
-        upsert(tx, all.into_values().collect())?;
+        let records = merge_sorted(&pending, &self.staged);
+        self.touched
+            .extend(records.iter().map(|r| r.key.sensor.clone()));
+        // Already in key order: no sort.
+        insert_chunked(tx, &records, upsert_sql)?;
         tx.execute("DELETE FROM journal", [])?;
         self.staged.clear();
         self.merged = true;
         Ok(())
+    }
+}
+
+/// The records of two key-ordered maps in key order, `newer`'s where both
+/// hold a key.
+fn merge_sorted<'a>(
+    older: &'a BTreeMap<Key, Record>,
+    newer: &'a BTreeMap<Key, Record>,
+) -> Vec<&'a Record> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let (mut a, mut b) = (older.values().peekable(), newer.values().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.key.cmp(&y.key) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    a.next();
+                    b.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(record) => out.push(record),
+            None => return out,
+        }
     }
 }
 
@@ -272,7 +301,11 @@ impl WriteExecutor for NodeWriter {
             if self.merged {
                 pending.clear();
             }
-            pending.append(&mut self.staged);
+            // One insert each: `BTreeMap::append` would rebuild the whole
+            // map, thousands of records, on every commit of a hundred.
+            for (key, record) in std::mem::take(&mut self.staged) {
+                pending.insert(key, record);
+            }
             self.pending_len = pending.len();
         }
         self.merged = false;
@@ -346,4 +379,40 @@ fn execute_rows(statement: &mut CachedStatement<'_>, rows: &[&Record]) -> Storag
 /// year 292,000,000, so the cast is lossless in practice and order-preserving.
 fn version_to_sql(v: Version) -> i64 {
     v.0 as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::suite::value;
+
+    fn map(records: &[Record]) -> BTreeMap<Key, Record> {
+        records.iter().map(|r| (r.key.clone(), r.clone())).collect()
+    }
+
+    #[test]
+    fn merging_two_sorted_maps_keeps_key_order_and_the_newer_record() {
+        let older = map(&[
+            value("a", 1, 1, 1.0),
+            value("b", 1, 1, 1.0),
+            value("c", 5, 1, 1.0),
+        ]);
+        let newer = map(&[
+            value("a", 0, 2, 2.0),
+            value("b", 1, 2, 2.0),
+            value("d", 1, 2, 2.0),
+        ]);
+        let merged: Vec<Record> = merge_sorted(&older, &newer).into_iter().cloned().collect();
+        assert_eq!(
+            merged,
+            vec![
+                value("a", 0, 2, 2.0),
+                value("a", 1, 1, 1.0),
+                value("b", 1, 2, 2.0),
+                value("c", 5, 1, 1.0),
+                value("d", 1, 2, 2.0),
+            ]
+        );
+        assert!(merge_sorted(&BTreeMap::new(), &BTreeMap::new()).is_empty());
+    }
 }
