@@ -46,6 +46,41 @@ async fn too_few_live_replicas_is_a_typed_error_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn hints_of_several_replay_batches_are_all_applied_and_forgotten() {
+    let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
+    let owners = c.replicator.replicas_for(&key("s1", 0));
+    let down = &owners[1];
+    c.replicator.fail(down).await.expect("fail");
+    // Two and a half of recovery's batches of 10,000.
+    let readings: Vec<_> = (0..25_000).map(|t| reading("s1", t, t as f64)).collect();
+    c.replicator.put(readings).await.expect("quorum of one met");
+
+    let recovery = c.replicator.recover(down).await.expect("recover");
+    assert_eq!(recovery.hints_replayed, 25_000);
+    assert_eq!(
+        c.nodes[down].scan(everything()).await.expect("scan").len(),
+        25_000
+    );
+    let line = c
+        .replicator
+        .node_reports()
+        .await
+        .into_iter()
+        .find(|r| r.id == *down)
+        .expect("reported");
+    assert_eq!((line.status, line.hints_pending), (NodeStatus::Up, 0));
+    // Nothing left to replay a second time.
+    assert_eq!(
+        c.replicator
+            .recover(down)
+            .await
+            .expect("again")
+            .hints_replayed,
+        0
+    );
+}
+
+#[tokio::test]
 async fn writes_for_a_down_replica_are_hinted_and_replayed_on_recovery() {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
     let owners = c.replicator.replicas_for(&key("s1", 0));

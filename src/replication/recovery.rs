@@ -115,27 +115,43 @@ impl Replicator {
     }
 
     /// Applies and forgets the node's hints, skipping records for sensors it
-    /// no longer holds (their owners have them).
+    /// no longer holds (their owners have them). Each batch is applied while
+    /// the next is read and the previous one, applied already, is forgotten.
     async fn replay_hints(&self, id: &NodeId) -> ReplicationResult<u64> {
         let node = self.node(id)?.clone();
         let mut replayed = 0;
-        loop {
-            let hints = self.meta.hints(id, 0, HINT_BATCH).await?;
-            let Some(last) = hints.last().map(|h| h.seq) else {
-                return Ok(replayed);
-            };
+        let mut batch = self.meta.hints(id, 0, HINT_BATCH).await?;
+        let mut applied_up_to = None;
+        while let Some(last) = batch.last().map(|h| h.seq) {
             let records: Vec<Record> = {
                 let state = self.state();
-                hints
+                batch
                     .into_iter()
                     .map(|h| h.record)
                     .filter(|r| state.holders(&r.key.sensor).contains(id))
                     .collect()
             };
             replayed += records.len() as u64;
-            node.apply(records).await?;
-            self.meta.remove_hints(id, last).await?;
+            let forget_previous = async {
+                match applied_up_to {
+                    Some(seq) => self.meta.remove_hints(id, seq).await,
+                    None => Ok(()),
+                }
+            };
+            let (applied, next, forgotten) = futures::join!(
+                node.apply(records),
+                self.meta.hints(id, last, HINT_BATCH),
+                forget_previous
+            );
+            applied?;
+            forgotten?;
+            applied_up_to = Some(last);
+            batch = next?;
         }
+        if let Some(seq) = applied_up_to {
+            self.meta.remove_hints(id, seq).await?;
+        }
+        Ok(replayed)
     }
 
     /// Anti-entropy against every live peer. Answers (records changed on the
