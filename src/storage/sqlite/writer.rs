@@ -142,7 +142,8 @@ impl NodeWriter {
                 records = left.len(),
                 "merging the journal left by the last run"
             );
-            upsert(&tx, left.iter().collect())?;
+            // Selected in key order.
+            insert_chunked(&tx, &left.iter().collect::<Vec<_>>(), upsert_sql)?;
             tx.execute("DELETE FROM journal", [])?;
         }
         tx.commit()?;
@@ -198,7 +199,7 @@ impl NodeWriter {
     fn upsert_direct(&mut self, tx: &Transaction<'_>, records: &[Record]) -> StorageResult<u64> {
         let pending = self.pending.clone();
         let pending = pending.read();
-        let ordered: Vec<&Record> = records
+        let mut ordered: Vec<&Record> = records
             .iter()
             .filter(|r| {
                 self.staged
@@ -207,9 +208,13 @@ impl NodeWriter {
                     .is_none_or(|journaled| r.version > journaled.version)
             })
             .collect();
-        self.touched
-            .extend(ordered.iter().map(|r| r.key.sensor.clone()));
-        upsert(tx, ordered)
+        // Readings of many sensors arrive interleaved; inserting them in key
+        // order walks the B-tree sequentially instead of seeking for every row.
+        ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let mut sensors: Vec<&SensorId> = ordered.iter().map(|r| &r.key.sensor).collect();
+        sensors.dedup();
+        self.touched.extend(sensors.into_iter().cloned());
+        insert_chunked(tx, &ordered, upsert_sql)
     }
 
     /// Moves everything journaled (committed or staged) into `readings`.
@@ -326,14 +331,6 @@ impl WriteExecutor for NodeWriter {
             _ => Some((Chore::WhenIdle, NodeWrite::Merge)),
         }
     }
-}
-
-/// Upserts records into `readings`, answering how many changed it.
-fn upsert(tx: &Transaction<'_>, mut records: Vec<&Record>) -> StorageResult<u64> {
-    // Readings of many sensors arrive interleaved; inserting them in key
-    // order walks the B-tree sequentially instead of seeking for every row.
-    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    insert_chunked(tx, &records, upsert_sql)
 }
 
 /// Runs `sql(n)`, a statement of `n` rows of (sensor, ts, version, value,
