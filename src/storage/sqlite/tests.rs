@@ -22,14 +22,19 @@ fn journal_rows(node: &SqliteNode) -> i64 {
 async fn small_writes_are_journaled_readable_at_once_and_merged_when_idle() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = open(dir.path());
-    node.apply(vec![value("s", 1, 4, 1.0), value("s", 2, 5, 2.0)])
+    node.apply(vec![value("s", 1, 4, 1.0), value("t", 2, 5, 2.0)])
         .await
         .expect("apply");
     assert_eq!(journal_rows(&node), 2);
     assert_eq!(
-        node.get(&key("s", 2)).await.expect("get"),
-        Some(value("s", 2, 5, 2.0))
+        node.get(&key("t", 2)).await.expect("get"),
+        Some(value("t", 2, 5, 2.0))
     );
+    // One sensor's records lie on a few pages in a row: no journal.
+    node.apply(vec![value("u", 1, 6, 1.0), value("u", 2, 6, 1.0)])
+        .await
+        .expect("apply");
+    assert_eq!(journal_rows(&node), 2);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while journal_rows(&node) > 0 {
@@ -76,9 +81,14 @@ async fn a_journal_left_by_a_crash_is_merged_at_open() {
 async fn journaled_and_direct_writes_of_one_key_keep_the_highest_version() {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = open(dir.path());
-    node.apply(vec![value("s", 1, 5, 1.0), value("s", 2, 5, 1.0)])
-        .await
-        .expect("journaled");
+    node.apply(vec![
+        value("s", 1, 5, 1.0),
+        value("s", 2, 5, 1.0),
+        value("x", 0, 5, 0.0),
+    ])
+    .await
+    .expect("journaled");
+    assert_eq!(journal_rows(&node), 3);
     // Over the journal's limit: written straight into `readings`.
     let mut big: Vec<Record> = (10..2_010).map(|ts| value("t", ts, 1, 0.0)).collect();
     big.push(value("s", 1, 3, 9.0));
@@ -94,7 +104,7 @@ async fn journaled_and_direct_writes_of_one_key_keep_the_highest_version() {
     );
     // A journaled write older than the direct one changes nothing.
     assert_eq!(
-        node.apply(vec![value("s", 2, 6, 6.0)])
+        node.apply(vec![value("s", 2, 6, 6.0), value("x", 0, 4, 4.0)])
             .await
             .expect("journaled"),
         0
@@ -139,8 +149,8 @@ async fn cached_digests_follow_every_kind_of_change() {
         both((0..50).map(|ts| value(sensor, ts, 1, 1.0)).collect()).await;
     }
     same_digests().await;
-    // One sensor changed by a journaled write, one by a direct one.
-    both(vec![value("a", 7, 2, 2.0)]).await;
+    // Sensors changed by a journaled write, then by direct ones.
+    both(vec![value("a", 7, 2, 2.0), value("e", 70, 2, 2.0)]).await;
     same_digests().await;
     both((0..1_500).map(|ts| value("b", ts, 3, 3.0)).collect()).await;
     same_digests().await;

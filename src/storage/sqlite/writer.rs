@@ -10,7 +10,9 @@
 //! Appended to the `journal` table, a rowid table in insertion order, the
 //! same commit writes two or three pages; the journal is merged into
 //! `readings` once it holds [`MERGE_AT`] records or the node is idle, where
-//! the pages are shared by thousands of rows again.
+//! the pages are shared by thousands of rows again. A write of one sensor
+//! (a range copied by recovery or rebalancing, a read repair, a lone POST)
+//! touches its few pages in a row, so it goes straight to `readings`.
 //!
 //! A journaled record is durable once its transaction commits, like any
 //! other. Until merged it is also held in memory ([`Pending`]), which point
@@ -31,7 +33,8 @@ use crate::storage::worker::{Chore, WriteExecutor};
 use crate::storage::{Record, StorageResult};
 use crate::version::Version;
 
-/// Writes of at most this many records go to the journal.
+/// Writes of at most this many records, of more than one sensor, go to
+/// the journal.
 const JOURNAL_UP_TO: usize = 1_000;
 /// Merge the journal as soon as it holds this many records.
 const MERGE_AT: usize = 4_096;
@@ -279,9 +282,7 @@ impl WriteExecutor for NodeWriter {
 
     fn execute(&mut self, tx: &Transaction<'_>, op: &NodeWrite) -> StorageResult<u64> {
         match op {
-            NodeWrite::Apply(records) if records.len() <= JOURNAL_UP_TO => {
-                self.journal(tx, records)
-            }
+            NodeWrite::Apply(records) if worth_journaling(records) => self.journal(tx, records),
             NodeWrite::Apply(records) => self.upsert_direct(tx, records),
             NodeWrite::RemoveSensors(sensors) => {
                 self.merge(tx)?;
@@ -331,6 +332,15 @@ impl WriteExecutor for NodeWriter {
             _ => Some((Chore::WhenIdle, NodeWrite::Merge)),
         }
     }
+}
+
+/// Whether `records` are few and spread over several sensors: the writes
+/// that cost a page of `readings` per record.
+fn worth_journaling(records: &[Record]) -> bool {
+    records.len() <= JOURNAL_UP_TO
+        && records
+            .first()
+            .is_some_and(|first| records.iter().any(|r| r.key.sensor != first.key.sensor))
 }
 
 /// Runs `sql(n)`, a statement of `n` rows of (sensor, ts, version, value,
