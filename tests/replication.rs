@@ -45,53 +45,27 @@ async fn too_few_live_replicas_is_a_typed_error_and_stores_nothing() {
     }
 }
 
-#[tokio::test]
-async fn hints_of_several_replay_batches_are_all_applied_and_forgotten() {
+/// Writes `count` readings while one replica is down, recovers it, and
+/// checks every reading arrived and every hint is forgotten.
+async fn hinted_writes_are_replayed_on_recovery(count: i64) {
     let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
     let owners = c.replicator.replicas_for(&key("s1", 0));
     let down = &owners[1];
     c.replicator.fail(down).await.expect("fail");
-    // Two and a half of recovery's batches of 10,000.
-    let readings: Vec<_> = (0..25_000).map(|t| reading("s1", t, t as f64)).collect();
+    let readings: Vec<_> = (0..count).map(|t| reading("s1", t, t as f64)).collect();
     c.replicator.put(readings).await.expect("quorum of one met");
+    let line = |reports: Vec<energyguard::replication::NodeReport>| {
+        reports
+            .into_iter()
+            .find(|r| r.id == *down)
+            .expect("reported")
+    };
 
-    let recovery = c.replicator.recover(down).await.expect("recover");
-    assert_eq!(recovery.hints_replayed, 25_000);
+    let before = line(c.replicator.node_reports().await);
     assert_eq!(
-        c.nodes[down].scan(everything()).await.expect("scan").len(),
-        25_000
+        (before.status, before.hints_pending),
+        (NodeStatus::Down, count as u64)
     );
-    let line = c
-        .replicator
-        .node_reports()
-        .await
-        .into_iter()
-        .find(|r| r.id == *down)
-        .expect("reported");
-    assert_eq!((line.status, line.hints_pending), (NodeStatus::Up, 0));
-    // Nothing left to replay a second time.
-    assert_eq!(
-        c.replicator
-            .recover(down)
-            .await
-            .expect("again")
-            .hints_replayed,
-        0
-    );
-}
-
-#[tokio::test]
-async fn writes_for_a_down_replica_are_hinted_and_replayed_on_recovery() {
-    let c = memory_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
-    let owners = c.replicator.replicas_for(&key("s1", 0));
-    let down = &owners[1];
-    c.replicator.fail(down).await.expect("fail");
-    let readings: Vec<_> = (0..100).map(|t| reading("s1", t, t as f64)).collect();
-    c.replicator.put(readings).await.expect("quorum of one met");
-
-    let report = c.replicator.node_reports().await;
-    let line = report.iter().find(|r| r.id == *down).expect("reported");
-    assert_eq!((line.status, line.hints_pending), (NodeStatus::Down, 100));
     assert!(
         c.nodes[down]
             .scan(everything())
@@ -101,20 +75,28 @@ async fn writes_for_a_down_replica_are_hinted_and_replayed_on_recovery() {
     );
 
     let recovery = c.replicator.recover(down).await.expect("recover");
-    assert_eq!(recovery.hints_replayed, 100);
+    assert_eq!(recovery.hints_replayed, count as u64);
     assert_eq!(recovery.status, NodeStatus::Up);
     assert_eq!(
         c.nodes[down].scan(everything()).await.expect("scan").len(),
-        100
+        count as usize
     );
-    let line = c
-        .replicator
-        .node_reports()
-        .await
-        .into_iter()
-        .find(|r| r.id == *down)
-        .expect("reported");
-    assert_eq!((line.hints_pending, line.keys), (0, Some(100)));
+    let after = line(c.replicator.node_reports().await);
+    assert_eq!((after.hints_pending, after.keys), (0, Some(count as u64)));
+    // Nothing left to replay a second time.
+    let again = c.replicator.recover(down).await.expect("again");
+    assert_eq!(again.hints_replayed, 0);
+}
+
+#[tokio::test]
+async fn writes_for_a_down_replica_are_hinted_and_replayed_on_recovery() {
+    hinted_writes_are_replayed_on_recovery(100).await;
+}
+
+#[tokio::test]
+async fn hints_of_several_replay_batches_are_all_applied_and_forgotten() {
+    // Two and a half of recovery's batches of 10,000.
+    hinted_writes_are_replayed_on_recovery(25_000).await;
 }
 
 #[tokio::test]

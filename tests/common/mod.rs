@@ -15,7 +15,7 @@ use energyguard::replication::meta::MetaStore;
 use energyguard::replication::{PlacementSpec, ReplicationSettings, Replicator, StrategyKind};
 use energyguard::storage::memory::MemoryNode;
 use energyguard::storage::sqlite::{SqliteNode, Synchronous};
-use energyguard::storage::{NodeId, StorageNode};
+use energyguard::storage::{NodeId, StorageNode, StorageResult};
 use tempfile::TempDir;
 
 pub fn node_ids(n: usize) -> Vec<NodeId> {
@@ -52,47 +52,25 @@ pub fn reading(s: &str, ts: i64, value: f64) -> Reading {
     }
 }
 
-/// A cluster of in-memory nodes (hints and settings on SQLite in a temp dir).
-pub struct MemoryCluster {
+/// A replicator over nodes of one kind, with the nodes at hand (hints and
+/// settings on SQLite, nodes' files if any, in a temp dir).
+pub struct Cluster<N> {
     pub replicator: Arc<Replicator>,
-    pub nodes: BTreeMap<NodeId, Arc<MemoryNode>>,
+    pub nodes: BTreeMap<NodeId, Arc<N>>,
     pub dir: TempDir,
 }
 
-pub async fn memory_cluster(n: usize, settings: ReplicationSettings) -> MemoryCluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let created: Arc<Mutex<BTreeMap<NodeId, Arc<MemoryNode>>>> = Arc::default();
-    let meta = MetaStore::open(dir.path(), Synchronous::Normal).expect("meta store");
-    let spec = PlacementSpec {
-        settings,
-        nodes: node_ids(n),
-    };
-    let sink = created.clone();
-    let replicator = Replicator::open(meta, spec, move |id| {
-        let node = Arc::new(MemoryNode::new(id.clone()));
-        sink.lock().expect("lock").insert(id.clone(), node.clone());
-        Ok(node as Arc<dyn StorageNode>)
-    })
-    .await
-    .expect("open replicator");
-    let nodes = created.lock().expect("lock").clone();
-    MemoryCluster {
-        replicator,
-        nodes,
-        dir,
-    }
-}
+pub type MemoryCluster = Cluster<MemoryNode>;
+pub type SqliteCluster = Cluster<SqliteNode>;
 
-/// A replicator over SQLite nodes in a temp dir, with the nodes at hand.
-pub struct SqliteCluster {
-    pub replicator: Arc<Replicator>,
-    pub nodes: BTreeMap<NodeId, Arc<SqliteNode>>,
-    pub dir: TempDir,
-}
-
-pub async fn sqlite_node_cluster(n: usize, settings: ReplicationSettings) -> SqliteCluster {
+/// A cluster whose nodes `make` builds (given each id and the temp dir).
+async fn cluster_of<N: StorageNode>(
+    n: usize,
+    settings: ReplicationSettings,
+    make: impl Fn(&NodeId, &std::path::Path) -> StorageResult<N>,
+) -> Cluster<N> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let created: Arc<Mutex<BTreeMap<NodeId, Arc<SqliteNode>>>> = Arc::default();
+    let created: Arc<Mutex<BTreeMap<NodeId, Arc<N>>>> = Arc::default();
     let meta = MetaStore::open(dir.path(), Synchronous::Normal).expect("meta store");
     let spec = PlacementSpec {
         settings,
@@ -100,22 +78,29 @@ pub async fn sqlite_node_cluster(n: usize, settings: ReplicationSettings) -> Sql
     };
     let (sink, nodes_dir) = (created.clone(), dir.path().to_path_buf());
     let replicator = Replicator::open(meta, spec, move |id| {
-        let node = Arc::new(SqliteNode::open(
-            id.clone(),
-            &nodes_dir,
-            Synchronous::Normal,
-        )?);
+        let node = Arc::new(make(id, &nodes_dir)?);
         sink.lock().expect("lock").insert(id.clone(), node.clone());
         Ok(node as Arc<dyn StorageNode>)
     })
     .await
     .expect("open replicator");
     let nodes = created.lock().expect("lock").clone();
-    SqliteCluster {
+    Cluster {
         replicator,
         nodes,
         dir,
     }
+}
+
+pub async fn memory_cluster(n: usize, settings: ReplicationSettings) -> MemoryCluster {
+    cluster_of(n, settings, |id, _| Ok(MemoryNode::new(id.clone()))).await
+}
+
+pub async fn sqlite_node_cluster(n: usize, settings: ReplicationSettings) -> SqliteCluster {
+    cluster_of(n, settings, |id, dir| {
+        SqliteNode::open(id.clone(), dir, Synchronous::Normal)
+    })
+    .await
 }
 
 pub async fn sqlite_cluster(

@@ -121,6 +121,18 @@ async fn journaled_and_direct_writes_of_one_key_keep_the_highest_version() {
     assert_eq!(journal_rows(&node), 0, "a scan merges the journal first");
 }
 
+async fn assert_same_digests(node: &SqliteNode, model: &MemoryNode) {
+    assert_eq!(
+        node.digests(DigestRequest::default())
+            .await
+            .expect("digests"),
+        model
+            .digests(DigestRequest::default())
+            .await
+            .expect("model digests")
+    );
+}
+
 #[tokio::test]
 async fn cached_digests_follow_every_kind_of_change() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -133,43 +145,23 @@ async fn cached_digests_follow_every_kind_of_change() {
             model.apply(records).await.expect("apply model");
         }
     };
-    let same_digests = || async {
-        assert_eq!(
-            node.digests(DigestRequest::default())
-                .await
-                .expect("digests"),
-            model
-                .digests(DigestRequest::default())
-                .await
-                .expect("model digests")
-        );
-    };
-
     for sensor in ["a", "b", "c", "d", "e"] {
         both((0..50).map(|ts| value(sensor, ts, 1, 1.0)).collect()).await;
     }
-    same_digests().await;
+    assert_same_digests(&node, &model).await;
     // Sensors changed by a journaled write, then by direct ones.
     both(vec![value("a", 7, 2, 2.0), value("e", 70, 2, 2.0)]).await;
-    same_digests().await;
+    assert_same_digests(&node, &model).await;
     both((0..1_500).map(|ts| value("b", ts, 3, 3.0)).collect()).await;
-    same_digests().await;
+    assert_same_digests(&node, &model).await;
     both(vec![tombstone("c", 3, 4)]).await;
-    same_digests().await;
+    assert_same_digests(&node, &model).await;
     let gone = vec!["d".parse().expect("sensor")];
     node.remove_sensors(gone.clone()).await.expect("remove");
     model.remove_sensors(gone).await.expect("remove model");
-    same_digests().await;
+    assert_same_digests(&node, &model).await;
     // Reopened: the cache starts empty and the answer is the same.
     node.close().await.expect("close");
     let node = open(dir.path());
-    assert_eq!(
-        node.digests(DigestRequest::default())
-            .await
-            .expect("digests"),
-        model
-            .digests(DigestRequest::default())
-            .await
-            .expect("model digests")
-    );
+    assert_same_digests(&node, &model).await;
 }
