@@ -34,6 +34,9 @@ const MAX_BATCH_WEIGHT: usize = 50_000;
 /// How long the queue must stay empty before a chore that can wait runs.
 const IDLE: Duration = Duration::from_millis(50);
 
+/// The longest wait between tries of a chore that keeps failing.
+const MAX_CHORE_BACKOFF: Duration = Duration::from_secs(5);
+
 /// When an executor's chore should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chore {
@@ -158,30 +161,43 @@ fn run<E: WriteExecutor>(
 }
 
 /// Waits for the next job, running a chore that can wait whenever the queue
-/// stays empty for [`IDLE`]. `None` once the worker is closed.
+/// stays empty for [`IDLE`] (longer after each failure of it, up to
+/// [`MAX_CHORE_BACKOFF`]). `None` once the worker is closed.
 fn next_job<E: WriteExecutor>(
     connection: &mut Connection,
     executor: &mut E,
     receiver: &mpsc::Receiver<Job<E>>,
 ) -> Option<Job<E>> {
+    let mut wait = IDLE;
     loop {
         let Some((_, op)) = executor.chore() else {
             return receiver.recv().ok();
         };
-        match receiver.recv_timeout(IDLE) {
+        match receiver.recv_timeout(wait) {
             Ok(job) => return Some(job),
-            Err(RecvTimeoutError::Timeout) => run_chore(connection, executor, op),
+            Err(RecvTimeoutError::Timeout) => {
+                wait = if run_chore(connection, executor, op) {
+                    IDLE
+                } else {
+                    (wait * 2).min(MAX_CHORE_BACKOFF)
+                };
+            }
             Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
 
-/// Runs a chore in a transaction of its own. A failed chore is logged and
-/// left to its next turn (the executor's state is as before it).
-fn run_chore<E: WriteExecutor>(connection: &mut Connection, executor: &mut E, op: E::Op) {
+/// Runs a chore in a transaction of its own; answers whether it succeeded.
+/// A failed chore is logged and left to its next turn (the executor's state
+/// is as before it).
+fn run_chore<E: WriteExecutor>(connection: &mut Connection, executor: &mut E, op: E::Op) -> bool {
     let (reply, _) = oneshot::channel();
-    if let Err(error) = execute_together(connection, executor, &[Job { op, reply }]) {
-        tracing::warn!(%error, "storage chore failed; it is tried again later");
+    match execute_together(connection, executor, &[Job { op, reply }]) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "storage chore failed; it is tried again later");
+            false
+        }
     }
 }
 
