@@ -288,11 +288,21 @@ fn digests_from_rows(c: &Connection, request: &DigestRequest) -> StorageResult<V
 /// rows of the same sensor instead of allocating one per row.
 pub(crate) struct RecordDecoder {
     last_sensor: Option<SensorId>,
+    /// The unit of the previous row: a sensor's rows nearly always share one.
+    last_unit: Option<Unit>,
 }
 
 impl RecordDecoder {
     pub(crate) fn new() -> Self {
-        Self { last_sensor: None }
+        Self::for_sensor(None)
+    }
+
+    /// A decoder that already knows the sensor of the first row.
+    fn for_sensor(sensor: Option<SensorId>) -> Self {
+        Self {
+            last_sensor: sensor,
+            last_unit: None,
+        }
     }
 
     /// The sensor in column 0.
@@ -314,18 +324,30 @@ impl RecordDecoder {
         }
     }
 
+    /// A unit, parsed (and allocated) only when it differs from the last.
+    fn unit(&mut self, text: &str) -> StorageResult<Unit> {
+        match &self.last_unit {
+            Some(u) if u.as_str() == text => Ok(u.clone()),
+            _ => {
+                let u: Unit = text
+                    .parse()
+                    .map_err(|e| StorageError::Corrupt(format!("unit: {e}")))?;
+                self.last_unit = Some(u.clone());
+                Ok(u)
+            }
+        }
+    }
+
     /// Columns: sensor, ts, version, value, unit.
     pub(crate) fn decode(&mut self, row: &Row<'_>) -> StorageResult<Record> {
         let sensor = self.sensor(row)?;
         let timestamp_ms: i64 = row.get(1)?;
         let version = Version(row.get::<_, i64>(2)? as u64);
         let value: Option<f64> = row.get(3)?;
-        let unit = row
-            .get_ref(4)?
-            .as_str_or_null()?
-            .map(|u| u.parse::<Unit>())
-            .transpose()
-            .map_err(|e| StorageError::Corrupt(format!("unit: {e}")))?;
+        let unit = match row.get_ref(4)?.as_str_or_null()? {
+            None => None,
+            Some(text) => Some(self.unit(text)?),
+        };
         Ok(Record {
             key: Key::new(sensor, timestamp_ms),
             version,
@@ -397,9 +419,7 @@ impl StorageNode for SqliteNode {
             let mut rows = stmt.query(params![key.sensor.as_str(), key.timestamp_ms])?;
             // The key is known: seed the decoder with its sensor instead of
             // parsing the stored text again.
-            let mut decoder = RecordDecoder {
-                last_sensor: Some(key.sensor.clone()),
-            };
+            let mut decoder = RecordDecoder::for_sensor(Some(key.sensor.clone()));
             rows.next()?.map(|row| decoder.decode(row)).transpose()
         })?;
         Ok(match (journaled, stored) {
