@@ -441,6 +441,58 @@ async fn measurements_page_in_key_order() {
 }
 
 #[tokio::test]
+async fn a_long_history_comes_whole_and_in_order_across_pages() {
+    let (_dir, s) = service();
+    // More than two of the pages the history is read and rendered in.
+    const POINTS: i64 = 45_000;
+    for first in (0..POINTS).step_by(10_000) {
+        let batch: Vec<Value> = (first..(first + 10_000).min(POINTS))
+            .map(|n| reading("long", T0 + n * 1_000, n as f64))
+            .collect();
+        ingest(&s, Value::Array(batch)).await;
+    }
+    let values = |answer: &Value| -> Vec<f64> {
+        answer
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|m| m["value"].as_f64().expect("value"))
+            .collect()
+    };
+
+    let (status, all) = s.get("/sensor/long/history").await;
+    assert_eq!(status, StatusCode::OK);
+    let expected: Vec<f64> = (0..POINTS).map(|n| n as f64).collect();
+    assert_eq!(values(&all), expected);
+
+    let (_, limited) = s.get("/sensor/long/history?limit=30001").await;
+    assert_eq!(values(&limited), expected[..30_001].to_vec());
+
+    let csv = s
+        .http
+        .get(format!(
+            "{}/sensor/long/history?format=csv&limit=40000",
+            s.url
+        ))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 40_001, "header and 40,000 points");
+    assert_eq!(
+        lines[40_000],
+        format!(
+            "long:{},long,2025-07-06T05:06:39.000Z,39999,",
+            T0 + 39_999 * 1_000
+        )
+    );
+}
+
+#[tokio::test]
 async fn history_ranges_aggregates_and_csv() {
     let (_dir, s) = service();
     // 1,000 W for 30 minutes, then 2,000 W for 30 minutes, a reading a minute.

@@ -9,6 +9,7 @@ mod alerts;
 pub mod auth;
 pub mod error;
 mod extract;
+mod paged;
 mod readings;
 
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -10,6 +10,7 @@ use super::AppState;
 use super::auth::{Authorized, Reader, Writer};
 use super::error::ApiError;
 use super::extract::{JsonBody, PathText, QueryParams};
+use super::paged::{self, Format, csv_response};
 use crate::history::{self, Aggregate, Bucket};
 use crate::reading::{
     Key, Measurement, SensorId, format_timestamp, now_ms, parse_reading, parse_unit, parse_value,
@@ -199,13 +200,8 @@ pub async fn history(
 
     match every {
         None => {
-            let records = state.replicator.scan(Scan { limit, ..range }).await?;
-            let points: Vec<Measurement> = records.into_iter().filter_map(measurement).collect();
-            Ok(if csv {
-                measurements_csv(&points)
-            } else {
-                Json(points).into_response()
-            })
+            let format = if csv { Format::Csv } else { Format::Json };
+            paged::measurements(&state.replicator, range, limit, format).await
         }
         Some(every) => {
             let points = all_points(&state, range).await?;
@@ -247,26 +243,6 @@ async fn all_points(state: &AppState, range: Scan) -> Result<Vec<(i64, f64)>, Ap
     }
 }
 
-fn csv_response(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
-}
-
-fn measurements_csv(points: &[Measurement]) -> Response {
-    let mut out = String::from("key,sensor_id,timestamp,value,unit\n");
-    for m in points {
-        let unit = m.unit.as_ref().map(|u| u.as_str()).unwrap_or("");
-        out.push_str(&format!(
-            "{},{},{},{},{}\n",
-            m.key,
-            m.sensor_id,
-            format_timestamp(m.timestamp),
-            m.value,
-            csv_field(unit)
-        ));
-    }
-    csv_response(out)
-}
-
 fn buckets_csv(buckets: &[Bucket]) -> Response {
     let mut out = String::from("timestamp,value,count\n");
     for b in buckets {
@@ -278,13 +254,4 @@ fn buckets_csv(buckets: &[Bucket]) -> Response {
         ));
     }
     csv_response(out)
-}
-
-/// Quotes a CSV field when it needs it (units are free text).
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
 }
