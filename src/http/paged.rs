@@ -129,7 +129,7 @@ pub(super) fn csv_response(body: impl Into<axum::body::Body>) -> Response {
 }
 
 /// Quotes a CSV field when it needs it (units are free text).
-pub(super) fn csv_field(text: &str) -> String {
+fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {

@@ -135,17 +135,9 @@ impl ReadPool {
         F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
     {
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let connection = pool.take()?;
-            let result = read(&connection);
-            pool.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(connection);
-            result
-        })
-        .await
-        .map_err(|_| StorageError::Closed)?
+        tokio::task::spawn_blocking(move || pool.read_inline(read))
+            .await
+            .map_err(|_| StorageError::Closed)?
     }
 
     /// Runs a *bounded* read (a primary-key lookup: a few pages) on the
@@ -233,25 +225,17 @@ impl SqliteNode {
         self.writer.submit(NodeWrite::Merge).await.map(|_| ())
     }
 
-    /// Digests of one sensor or of all, whole or in buckets, read from
-    /// `readings` (the journal merged).
-    async fn compute_digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
-        self.readers
-            .read(move |c| digests_from_rows(c, &request))
-            .await
-    }
-
-    /// Whole-sensor digests of the named sensors (none for a sensor without rows).
-    async fn digests_of(&self, sensors: Vec<SensorId>) -> StorageResult<Vec<RangeDigest>> {
+    /// The digests each request asks for, read from `readings` (the
+    /// journal merged) in one trip to the blocking pool.
+    async fn compute_digests(
+        &self,
+        requests: Vec<DigestRequest>,
+    ) -> StorageResult<Vec<RangeDigest>> {
         self.readers
             .read(move |c| {
-                let mut out = Vec::with_capacity(sensors.len());
-                for sensor in sensors {
-                    let request = DigestRequest {
-                        sensor: Some(sensor),
-                        bucket_ms: None,
-                    };
-                    out.extend(digests_from_rows(c, &request)?);
+                let mut out = Vec::new();
+                for request in &requests {
+                    out.extend(digests_from_rows(c, request)?);
                 }
                 Ok(out)
             })
@@ -448,14 +432,22 @@ impl StorageNode for SqliteNode {
     async fn digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
         self.merge_journal().await?;
         if request.sensor.is_some() || request.bucket_ms.is_some() {
-            return self.compute_digests(request).await;
+            return self.compute_digests(vec![request]).await;
         }
         self.digests
-            .all(|refresh| async move {
-                match refresh {
-                    Refresh::All => self.compute_digests(DigestRequest::default()).await,
-                    Refresh::Sensors(sensors) => self.digests_of(sensors).await,
-                }
+            .all(|refresh| {
+                let requests = match refresh {
+                    Refresh::All => vec![DigestRequest::default()],
+                    // Whole-sensor digests; none for a sensor without rows.
+                    Refresh::Sensors(sensors) => sensors
+                        .into_iter()
+                        .map(|sensor| DigestRequest {
+                            sensor: Some(sensor),
+                            bucket_ms: None,
+                        })
+                        .collect(),
+                };
+                self.compute_digests(requests)
             })
             .await
     }

@@ -129,37 +129,47 @@ impl NodeWriter {
         pending: Arc<Pending>,
         digests: Arc<DigestCache>,
     ) -> StorageResult<Self> {
-        let tx = connection.transaction()?;
-        let left: Vec<Record> = {
-            let mut select = tx.prepare(
-                "SELECT sensor, ts, version, value, unit FROM journal ORDER BY sensor, ts",
-            )?;
-            let mut rows = select.query([])?;
-            let mut decoder = RecordDecoder::new();
-            let mut left = Vec::new();
-            while let Some(row) = rows.next()? {
-                left.push(decoder.decode(row)?);
-            }
-            left
-        };
-        if !left.is_empty() {
-            tracing::info!(
-                records = left.len(),
-                "merging the journal left by the last run"
-            );
-            // Selected in key order.
-            insert_chunked(&tx, &left.iter().collect::<Vec<_>>(), upsert_sql)?;
-            tx.execute("DELETE FROM journal", [])?;
-        }
-        tx.commit()?;
-        Ok(Self {
+        let mut writer = Self {
             pending,
             pending_len: 0,
             staged: BTreeMap::new(),
             merged: false,
             touched: BTreeSet::new(),
             digests,
-        })
+        };
+        let tx = connection.transaction()?;
+        {
+            let mut select = tx.prepare("SELECT sensor, ts, version, value, unit FROM journal")?;
+            let mut rows = select.query([])?;
+            let mut decoder = RecordDecoder::new();
+            while let Some(row) = rows.next()? {
+                let record = decoder.decode(row)?;
+                let newest = match writer.staged.remove(&record.key) {
+                    Some(other) => Record::newest(other, record),
+                    None => record,
+                };
+                writer.staged.insert(newest.key.clone(), newest);
+            }
+        }
+        if !writer.staged.is_empty() {
+            tracing::info!(
+                records = writer.staged.len(),
+                "merging the journal left by the last run"
+            );
+            writer.merge(&tx)?;
+        }
+        tx.commit()?;
+        writer.committed();
+        Ok(writer)
+    }
+
+    /// The journaled record for `key`, staged or committed.
+    fn journaled<'a>(
+        &'a self,
+        pending: &'a BTreeMap<Key, Record>,
+        key: &Key,
+    ) -> Option<&'a Record> {
+        self.staged.get(key).or_else(|| pending.get(key))
     }
 
     /// The version this node holds for `key` as the open transaction sees it.
@@ -169,7 +179,7 @@ impl NodeWriter {
         lookup: &mut CachedStatement<'_>,
         key: &Key,
     ) -> StorageResult<Option<Version>> {
-        let journaled = self.staged.get(key).or_else(|| pending.get(key));
+        let journaled = self.journaled(pending, key);
         // Both: a direct write may have superseded a journaled record.
         let stored: Option<i64> = lookup
             .query_row(
@@ -207,18 +217,14 @@ impl NodeWriter {
         let mut ordered: Vec<&Record> = records
             .iter()
             .filter(|r| {
-                self.staged
-                    .get(&r.key)
-                    .or_else(|| pending.get(&r.key))
+                self.journaled(&pending, &r.key)
                     .is_none_or(|journaled| r.version > journaled.version)
             })
             .collect();
         // Readings of many sensors arrive interleaved; inserting them in key
         // order walks the B-tree sequentially instead of seeking for every row.
         ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let mut sensors: Vec<&SensorId> = ordered.iter().map(|r| &r.key.sensor).collect();
-        sensors.dedup();
-        self.touched.extend(sensors.into_iter().cloned());
+        mark_touched(&mut self.touched, &ordered);
         insert_chunked(tx, &ordered, upsert_sql)
     }
 
@@ -231,8 +237,7 @@ impl NodeWriter {
         }
         // Staged records were checked against pending ones: they are newer.
         let records = merge_sorted(&pending, &self.staged);
-        self.touched
-            .extend(records.iter().map(|r| r.key.sensor.clone()));
+        mark_touched(&mut self.touched, &records);
         // Already in key order: no sort.
         insert_chunked(tx, &records, upsert_sql)?;
         tx.execute("DELETE FROM journal", [])?;
@@ -240,6 +245,13 @@ impl NodeWriter {
         self.merged = true;
         Ok(())
     }
+}
+
+/// Adds the sensors of key-ordered `records` to `touched`, each once.
+fn mark_touched(touched: &mut BTreeSet<SensorId>, records: &[&Record]) {
+    let mut sensors: Vec<&SensorId> = records.iter().map(|r| &r.key.sensor).collect();
+    sensors.dedup();
+    touched.extend(sensors.into_iter().cloned());
 }
 
 /// The records of two key-ordered maps in key order, `newer`'s where both
