@@ -64,18 +64,22 @@ impl DigestCache {
         let refresh = {
             let mut state = self.state();
             let touched = std::mem::take(&mut state.touched);
-            match &state.digests {
+            match state.digests.as_mut() {
                 // Most sensors changed: one pass over the table beats a
                 // range scan per sensor.
                 Some(cached) if touched.len() * 2 <= cached.len().max(1) => {
+                    // Dropped now: a sensor without rows any more gets no
+                    // digest back.
+                    for sensor in &touched {
+                        cached.remove(sensor);
+                    }
                     Refresh::Sensors(touched.into_iter().collect())
                 }
-                _ => Refresh::All,
+                _ => {
+                    state.digests = None;
+                    Refresh::All
+                }
             }
-        };
-        let recomputed = match &refresh {
-            Refresh::All => None,
-            Refresh::Sensors(sensors) => Some(sensors.clone()),
         };
         let computed = match compute(refresh).await {
             Ok(computed) => computed,
@@ -86,16 +90,7 @@ impl DigestCache {
             }
         };
         let mut state = self.state();
-        let digests = match (recomputed, state.digests.take()) {
-            (Some(sensors), Some(mut digests)) => {
-                for sensor in sensors {
-                    digests.remove(&sensor);
-                }
-                digests
-            }
-            _ => BTreeMap::new(),
-        };
-        let digests = state.digests.insert(digests);
+        let digests = state.digests.get_or_insert_with(BTreeMap::new);
         for digest in computed {
             digests.insert(digest.sensor.clone(), digest);
         }
