@@ -14,8 +14,8 @@
 //!
 //! An executor may also have chores of its own (the storage node merges its
 //! journal): the thread runs them in transactions of their own, at once when
-//! they are due, or once no write has arrived for [`IDLE`], and a last time
-//! when the worker closes.
+//! they are due, in the gaps between writes, or once no write has arrived
+//! for [`IDLE`], and a last time when the worker closes.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -42,6 +42,9 @@ const MAX_CHORE_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) enum Chore {
     /// Before the next write.
     Now,
+    /// Whenever no write is waiting: a chore done in slices, each short
+    /// enough that a write arriving meanwhile waits little.
+    BetweenWrites,
     /// Once no write has arrived for [`IDLE`].
     WhenIdle,
 }
@@ -160,9 +163,10 @@ fn run<E: WriteExecutor>(
     }
 }
 
-/// Waits for the next job, running a chore that can wait whenever the queue
-/// stays empty for [`IDLE`] (longer after each failure of it, up to
-/// [`MAX_CHORE_BACKOFF`]). `None` once the worker is closed.
+/// Waits for the next job, running chores meanwhile: one done between
+/// writes whenever the queue is empty, one that can wait whenever the queue
+/// stays empty for [`IDLE`]. After a chore fails, the next try waits longer
+/// each time, up to [`MAX_CHORE_BACKOFF`]. `None` once the worker is closed.
 fn next_job<E: WriteExecutor>(
     connection: &mut Connection,
     executor: &mut E,
@@ -170,9 +174,22 @@ fn next_job<E: WriteExecutor>(
 ) -> Option<Job<E>> {
     let mut wait = IDLE;
     loop {
-        let Some((_, op)) = executor.chore() else {
+        let Some((when, op)) = executor.chore() else {
             return receiver.recv().ok();
         };
+        let failing = wait > IDLE;
+        if when != Chore::WhenIdle && !failing {
+            match receiver.try_recv() {
+                Ok(job) => return Some(job),
+                Err(mpsc::TryRecvError::Empty) => {
+                    if !run_chore(connection, executor, op) {
+                        wait = (wait * 2).min(MAX_CHORE_BACKOFF);
+                    }
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+            }
+        }
         match receiver.recv_timeout(wait) {
             Ok(job) => return Some(job),
             Err(RecvTimeoutError::Timeout) => {
