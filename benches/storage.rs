@@ -2,7 +2,7 @@
 //! `cargo bench --bench storage`; medians are in `target/criterion`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use energyguard::reading::{Key, Reading, Sample, SensorId};
@@ -77,15 +77,19 @@ fn sqlite_batch_insert(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("temp dir");
         let node = SqliteNode::open(nodes(1).remove(0), dir.path(), sync).expect("open");
         let clock = AtomicI64::new(0);
+        let batches = AtomicU64::new(0);
         let sensors = sensors();
         let name = format!("{sync:?}, {rows} rows");
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.to_async(&runtime).iter(|| {
+                // Each batch newer than the last, as the service's clock
+                // issues them.
+                let version = Version(batches.fetch_add(1, Ordering::Relaxed) + 1);
                 let records: Vec<Record> = next_batch(&clock, &sensors, rows)
                     .into_iter()
                     .map(|r| Record {
                         key: r.key,
-                        version: Version(1),
+                        version,
                         sample: Some(r.sample),
                     })
                     .collect();
