@@ -564,6 +564,20 @@ mod tests {
         records.iter().map(|r| (r.key.clone(), r.clone())).collect()
     }
 
+    /// A node database in `dir` and its writer, driven by hand instead of
+    /// by a worker thread.
+    fn open_writer(dir: &std::path::Path) -> (Connection, NodeWriter, Arc<Pending>) {
+        let path = dir.join("node.sqlite3");
+        let mut c =
+            super::super::open_connection(&path, super::super::Synchronous::Normal).expect("open");
+        c.execute_batch(super::super::SCHEMA).expect("schema");
+        c.execute_batch(JOURNAL_SCHEMA).expect("journal schema");
+        let pending = Arc::new(Pending::default());
+        let writer = NodeWriter::open(&mut c, pending.clone(), Arc::new(DigestCache::default()))
+            .expect("writer");
+        (c, writer, pending)
+    }
+
     /// Runs `op` in a transaction of its own, as the worker runs a chore.
     fn run(connection: &mut Connection, writer: &mut NodeWriter, op: NodeWrite) {
         let tx = connection.transaction().expect("begin");
@@ -601,15 +615,7 @@ mod tests {
     #[test]
     fn a_merge_in_slices_deletes_journal_rows_only_once_its_pass_is_complete() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("node.sqlite3");
-        let mut c =
-            super::super::open_connection(&path, super::super::Synchronous::Normal).expect("open");
-        c.execute_batch(super::super::SCHEMA).expect("schema");
-        c.execute_batch(JOURNAL_SCHEMA).expect("journal schema");
-        let pending = Arc::new(Pending::default());
-        let digests = Arc::new(DigestCache::default());
-        let mut writer =
-            NodeWriter::open(&mut c, pending.clone(), digests.clone()).expect("writer");
+        let (mut c, mut writer, pending) = open_writer(dir.path());
         for batch in 0..3 {
             run(
                 &mut c,
@@ -655,7 +661,8 @@ mod tests {
         // Reopened: both rows are merged again, which changes only `behind`.
         drop(writer);
         let reopened = Arc::new(Pending::default());
-        let writer = NodeWriter::open(&mut c, reopened.clone(), digests).expect("writer");
+        let writer =
+            NodeWriter::open(&mut c, reopened, Arc::new(DigestCache::default())).expect("writer");
         assert_eq!((count(&c, "journal"), writer.pending_len), (0, 0));
         assert_eq!(version_in_readings(&c, "s000", 0), Some(5));
         assert_eq!(version_in_readings(&c, "s099", 29), Some(5));
@@ -664,14 +671,7 @@ mod tests {
     #[test]
     fn slices_start_at_the_merge_threshold_and_a_full_merge_waits_for_a_long_backlog() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("node.sqlite3");
-        let mut c =
-            super::super::open_connection(&path, super::super::Synchronous::Normal).expect("open");
-        c.execute_batch(super::super::SCHEMA).expect("schema");
-        c.execute_batch(JOURNAL_SCHEMA).expect("journal schema");
-        let pending = Arc::new(Pending::default());
-        let mut writer =
-            NodeWriter::open(&mut c, pending, Arc::new(DigestCache::default())).expect("writer");
+        let (mut c, mut writer, _) = open_writer(dir.path());
         let when = |w: &NodeWriter| w.chore().map(|(when, _)| when);
         assert_eq!(when(&writer), None);
         run(&mut c, &mut writer, NodeWrite::Apply(spread(0, 10, 1)));
