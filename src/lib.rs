@@ -16,7 +16,7 @@
 //!   from a [`config::Config`]; [`cli`] is the command-line client.
 //! * [`version`] issues the write versions that make replicas converge;
 //!   [`history`] aggregates a sensor's history into buckets.
-//! * [`bench`] is `energyguard bench`: the end-to-end performance tests.
+//! * [`bench`](mod@bench) is `energyguard bench`: the end-to-end performance tests.
 
 pub mod alerts;
 pub mod bench;

@@ -12,10 +12,10 @@
 //! through it (a broker whose in-flight window is configurable). Results go
 //! to `results.json` and PNG plots in the output directory.
 //!
-//! * [`load`]: the HTTP and MQTT load generators;
-//! * [`service`]: the child service and the calls made to it;
-//! * [`workloads`]: the measurements; [`baseline`]: the empty handler;
-//! * [`report`]: the figures and the printed table; [`plots`]: the PNGs.
+//! * `load`: the HTTP and MQTT load generators;
+//! * `service`: the child service and the calls made to it;
+//! * `workloads`: the measurements; [`baseline`]: the empty handler;
+//! * [`report`]: the figures and the printed table; `plots`: the PNGs.
 
 pub mod baseline;
 mod load;
