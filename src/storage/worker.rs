@@ -177,20 +177,17 @@ fn next_job<E: WriteExecutor>(
         let Some((when, op)) = executor.chore() else {
             return receiver.recv().ok();
         };
-        let failing = wait > IDLE;
-        if when != Chore::WhenIdle && !failing {
-            match receiver.try_recv() {
-                Ok(job) => return Some(job),
-                Err(mpsc::TryRecvError::Empty) => {
-                    if !run_chore(connection, executor, op) {
-                        wait = (wait * 2).min(MAX_CHORE_BACKOFF);
-                    }
-                    continue;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => return None,
-            }
-        }
-        match receiver.recv_timeout(wait) {
+        // A chore that keeps failing waits for its turn like one that can.
+        let at_once = when != Chore::WhenIdle && wait == IDLE;
+        let next = if at_once {
+            receiver.try_recv().map_err(|error| match error {
+                mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            receiver.recv_timeout(wait)
+        };
+        match next {
             Ok(job) => return Some(job),
             Err(RecvTimeoutError::Timeout) => {
                 wait = if run_chore(connection, executor, op) {

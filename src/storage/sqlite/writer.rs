@@ -146,7 +146,6 @@ pub(super) enum NodeWrite {
 /// all hold records merged or superseded. Rows of records merged earlier in
 /// the pass stay until then, and a crash merges them again at open, which
 /// changes nothing: the upsert keeps the higher version.
-#[derive(Clone)]
 struct Sweep {
     up_to_seq: i64,
     /// Where the next slice starts.
@@ -288,11 +287,11 @@ impl NodeWriter {
         // Readings of many sensors arrive interleaved; inserting them in key
         // order walks the B-tree sequentially instead of seeking for every row.
         ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        mark_touched(&mut self.touched, &ordered);
-        if let Some(highest) = raise_high_water(tx, &ordered)? {
+        let (changed, highest) = write_readings(tx, &mut self.touched, &ordered)?;
+        if let Some(highest) = highest {
             self.newest = self.newest.max(highest);
         }
-        insert_chunked(tx, &ordered, upsert_sql)
+        Ok(changed)
     }
 
     /// Moves everything journaled (committed or staged) into `readings`.
@@ -303,13 +302,10 @@ impl NodeWriter {
             return Ok(());
         }
         // Staged records were checked against pending ones: they are newer.
+        // Already in key order: no sort. The journal's rows go, and
+        // `high_water` covers their versions now (already below `newest`).
         let records = merge_sorted(&pending, &self.staged);
-        mark_touched(&mut self.touched, &records);
-        // The journal's rows go: `high_water` covers their versions now
-        // (already below `newest`).
-        raise_high_water(tx, &records)?;
-        // Already in key order: no sort.
-        insert_chunked(tx, &records, upsert_sql)?;
+        write_readings(tx, &mut self.touched, &records)?;
         tx.execute("DELETE FROM journal", [])?;
         self.staged.clear();
         self.merged = true;
@@ -321,32 +317,27 @@ impl NodeWriter {
     fn merge_slice(&mut self, tx: &Transaction<'_>) -> StorageResult<()> {
         let pending = self.pending.clone();
         let pending = pending.read();
-        let sweep = match &self.sweep {
-            Some(sweep) => sweep.clone(),
+        let (up_to_seq, from) = match &self.sweep {
+            Some(sweep) => (sweep.up_to_seq, &sweep.from),
             None => {
                 let Some(first) = pending.keys().next() else {
                     return Ok(());
                 };
                 let end: Option<i64> =
                     tx.query_row("SELECT max(seq) FROM journal", [], |r| r.get(0))?;
-                Sweep {
-                    up_to_seq: end.unwrap_or(0),
-                    from: first.clone(),
-                }
+                (end.unwrap_or(0), first)
             }
         };
-        let mut rest = pending.range(&sweep.from..);
+        let mut rest = pending.range(from..);
         let records: Vec<&Record> = rest.by_ref().take(SLICE).map(|(_, r)| r).collect();
         let next = rest.next().map(|(key, _)| Sweep {
+            up_to_seq,
             from: key.clone(),
-            ..sweep.clone()
         });
-        mark_touched(&mut self.touched, &records);
-        raise_high_water(tx, &records)?;
-        insert_chunked(tx, &records, upsert_sql)?;
+        write_readings(tx, &mut self.touched, &records)?;
         if next.is_none() {
             tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
-                .execute([sweep.up_to_seq])?;
+                .execute([up_to_seq])?;
         }
         let keys = records.iter().map(|r| r.key.clone()).collect();
         self.slice = Some((keys, next));
@@ -374,6 +365,19 @@ fn stored_high_water(tx: &Transaction<'_>) -> StorageResult<Version> {
         }
     };
     Ok(Version(version as u64))
+}
+
+/// Upserts key-ordered `records` into `readings` with what every write of
+/// `readings` owes: their sensors marked touched and `high_water` raised.
+/// Answers the rows changed and the highest version written.
+fn write_readings(
+    tx: &Transaction<'_>,
+    touched: &mut BTreeSet<SensorId>,
+    records: &[&Record],
+) -> StorageResult<(u64, Option<Version>)> {
+    mark_touched(touched, records);
+    let highest = raise_high_water(tx, records)?;
+    Ok((insert_chunked(tx, records, upsert_sql)?, highest))
 }
 
 /// Keeps `high_water` at or above every version `records` put into
@@ -673,32 +677,32 @@ mod tests {
         assert_eq!(version_in_readings(&c, "s099", 29), Some(5));
     }
 
+    /// Journals batches of 1,000 records, each newer in time, until the
+    /// writer holds at least `records` pending.
+    fn journal_until(c: &mut Connection, writer: &mut NodeWriter, ts: &mut i64, records: usize) {
+        while writer.pending_len < records {
+            run(c, writer, NodeWrite::Apply(spread(*ts, 10, 1)));
+            *ts += 10;
+        }
+    }
+
     #[test]
     fn slices_start_at_the_merge_threshold_and_go_first_over_a_long_backlog() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut c, mut writer, _) = open_writer(dir.path());
         let when = |w: &NodeWriter| w.chore().map(|(when, _)| when);
         assert_eq!(when(&writer), None);
-        run(&mut c, &mut writer, NodeWrite::Apply(spread(0, 10, 1)));
+        let mut ts = 0;
+        journal_until(&mut c, &mut writer, &mut ts, 1);
         assert_eq!(when(&writer), Some(Chore::WhenIdle));
-        let mut ts = 10;
-        while writer.pending_len < MERGE_AT {
-            run(&mut c, &mut writer, NodeWrite::Apply(spread(ts, 10, 1)));
-            ts += 10;
-        }
+        journal_until(&mut c, &mut writer, &mut ts, MERGE_AT);
         assert_eq!(when(&writer), Some(Chore::BetweenWrites));
-        while writer.pending_len < SLICE_NOW_AT {
-            run(&mut c, &mut writer, NodeWrite::Apply(spread(ts, 10, 1)));
-            ts += 10;
-        }
+        journal_until(&mut c, &mut writer, &mut ts, SLICE_NOW_AT);
         assert!(matches!(
             writer.chore(),
             Some((Chore::Now, NodeWrite::MergeSlice))
         ));
-        while writer.pending_len < MERGE_ALL_AT {
-            run(&mut c, &mut writer, NodeWrite::Apply(spread(ts, 10, 1)));
-            ts += 10;
-        }
+        journal_until(&mut c, &mut writer, &mut ts, MERGE_ALL_AT);
         assert!(matches!(
             writer.chore(),
             Some((Chore::Now, NodeWrite::Merge))
