@@ -18,6 +18,16 @@ fn journal_rows(node: &SqliteNode) -> i64 {
         .expect("count journal")
 }
 
+/// Writes the node's database file by hand, as an older build or a crash
+/// left it: `schemas`, then `rows`.
+fn write_node_file(dir: &Path, schemas: &[&str], rows: &str) {
+    let c = Connection::open(dir.join("node1.sqlite3")).expect("open file");
+    for schema in schemas {
+        c.execute_batch(schema).expect("schema");
+    }
+    c.execute_batch(rows).expect("rows");
+}
+
 #[tokio::test]
 async fn small_writes_are_journaled_readable_at_once_and_merged_when_idle() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -51,20 +61,16 @@ async fn small_writes_are_journaled_readable_at_once_and_merged_when_idle() {
 #[tokio::test]
 async fn a_journal_left_by_a_crash_is_merged_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
-    {
-        // What a SIGKILL leaves: rows in the journal, one superseded by a
-        // newer row of the same key, one older than what `readings` holds.
-        let c = Connection::open(dir.path().join("node1.sqlite3")).expect("open file");
-        c.execute_batch(SCHEMA).expect("schema");
-        c.execute_batch(JOURNAL_SCHEMA).expect("journal schema");
-        c.execute_batch(
-            "INSERT INTO readings VALUES ('s', 3, 9, 3.0, 'W');
-             INSERT INTO journal (sensor, ts, version, value, unit) VALUES
-                 ('s', 1, 4, 1.0, 'W'), ('s', 1, 6, 1.5, 'W'),
-                 ('s', 2, 5, NULL, NULL), ('s', 3, 8, 0.5, 'W');",
-        )
-        .expect("rows");
-    }
+    // What a SIGKILL leaves: rows in the journal, one superseded by a
+    // newer row of the same key, one older than what `readings` holds.
+    write_node_file(
+        dir.path(),
+        &[SCHEMA, JOURNAL_SCHEMA],
+        "INSERT INTO readings VALUES ('s', 3, 9, 3.0, 'W');
+         INSERT INTO journal (sensor, ts, version, value, unit) VALUES
+             ('s', 1, 4, 1.0, 'W'), ('s', 1, 6, 1.5, 'W'),
+             ('s', 2, 5, NULL, NULL), ('s', 3, 8, 0.5, 'W');",
+    );
     let node = open(dir.path());
     assert_eq!(journal_rows(&node), 0);
     assert_eq!(
@@ -177,12 +183,11 @@ async fn the_high_water_version_survives_merges_direct_writes_and_reopening() {
 #[tokio::test]
 async fn a_database_without_a_high_water_gets_one_from_its_readings() {
     let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let c = Connection::open(dir.path().join("node1.sqlite3")).expect("open file");
-        c.execute_batch(SCHEMA).expect("schema");
-        c.execute_batch("INSERT INTO readings VALUES ('s', 3, 9, 3.0, 'W');")
-            .expect("rows");
-    }
+    write_node_file(
+        dir.path(),
+        &[SCHEMA],
+        "INSERT INTO readings VALUES ('s', 3, 9, 3.0, 'W');",
+    );
     let node = open(dir.path());
     assert_eq!(
         node.apply(vec![value("s", 3, 7, 1.0), value("u", 1, 8, 1.0)])
