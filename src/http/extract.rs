@@ -13,10 +13,11 @@ use serde_json::Value;
 use super::error::ApiError;
 use crate::reading::{InvalidInput, parse_timestamp_number, parse_timestamp_str};
 
-/// A request body parsed as JSON.
-pub struct JsonBody(pub Value);
+/// A request body's bytes: at most the configured limit (413 past it), and
+/// not empty.
+pub struct BodyBytes(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
@@ -37,10 +38,27 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if bytes.is_empty() {
             return Err(ApiError::bad("body", "a JSON body is required"));
         }
+        Ok(Self(bytes))
+    }
+}
+
+/// A request body parsed as JSON.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let BodyBytes(bytes) = BodyBytes::from_request(request, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::bad("body", format!("not valid JSON: {e}")))
+            .map_err(not_json)
     }
+}
+
+/// The answer to a body that is not JSON.
+pub fn not_json(error: serde_json::Error) -> ApiError {
+    ApiError::bad("body", format!("not valid JSON: {error}"))
 }
 
 /// The configured body limit, put in request extensions for error messages.

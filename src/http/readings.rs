@@ -4,16 +4,18 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::{Authorized, Reader, Writer};
 use super::error::ApiError;
-use super::extract::{JsonBody, PathText, QueryParams};
+use super::extract::{BodyBytes, JsonBody, PathText, QueryParams, not_json};
 use super::paged::{self, Format, csv_response};
 use crate::history::{self, Aggregate, Bucket};
+use crate::reading::body::{BodyError, Parsed, parse_body};
 use crate::reading::{
-    Key, Measurement, SensorId, format_timestamp, now_ms, parse_reading, parse_unit, parse_value,
+    Key, Measurement, SensorId, format_timestamp, now_ms, parse_unit, parse_value,
     reject_unknown_fields,
 };
 use crate::storage::{Record, Scan};
@@ -38,39 +40,44 @@ fn measurement(record: Record) -> Option<Measurement> {
 pub async fn ingest(
     State(state): State<AppState>,
     _: Authorized<Writer>,
-    JsonBody(body): JsonBody,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let now = now_ms();
-    match body {
-        Value::Array(items) => {
-            if items.len() > MAX_BATCH {
-                return Err(ApiError::bad(
-                    "body",
-                    format!("at most {MAX_BATCH} readings per request"),
-                ));
-            }
-            let readings = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    parse_reading(item, None, now)
-                        .map_err(|e| ApiError::bad(format!("[{i}].{}", e.field), e.reason))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .inspect_err(|_| rejected(items.len()))?;
-            let keys = state.ingestor.ingest(readings).await?;
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({"count": keys.len(), "keys": keys})),
-            )
-                .into_response())
+    let parsed = parse_body(&body, None, now_ms(), MAX_BATCH).map_err(|error| match error {
+        BodyError::NotUtf8(e) => ApiError::bad("body", format!("not valid UTF-8: {e}")),
+        BodyError::NotJson(e) => not_json(e),
+        BodyError::TooMany { max } => {
+            ApiError::bad("body", format!("at most {max} readings per request"))
         }
-        single => {
-            let reading = parse_reading(&single, None, now).inspect_err(|_| rejected(1))?;
+        BodyError::Invalid {
+            index,
+            readings,
+            error,
+        } => {
+            rejected(readings);
+            match index {
+                Some(i) => ApiError::bad(format!("[{i}].{}", error.field), error.reason),
+                None => error.into(),
+            }
+        }
+    })?;
+    match parsed {
+        Parsed::Many(readings) => {
+            let keys = state.ingestor.ingest(readings).await?;
+            let count = keys.len();
+            Ok((StatusCode::CREATED, Json(Stored { count, keys })).into_response())
+        }
+        Parsed::One(reading) => {
             let keys = state.ingestor.ingest(vec![reading]).await?;
             Ok((StatusCode::CREATED, Json(json!({"key": keys[0]}))).into_response())
         }
     }
+}
+
+/// The answer to a batch: how many readings were stored, and their keys.
+#[derive(Serialize)]
+struct Stored {
+    count: usize,
+    keys: Vec<Key>,
 }
 
 fn rejected(count: usize) {

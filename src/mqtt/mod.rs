@@ -13,7 +13,8 @@ pub mod front_door;
 use rumqttc::MqttOptions;
 use serde_json::Value;
 
-use crate::reading::{Key, Reading, Sample, SensorId, parse_reading};
+use crate::reading::body::{BodyError, Parsed, parse_body};
+use crate::reading::{Reading, SensorId};
 
 /// Resolves once `flag` is true (a stop signal), or when its sender is gone.
 async fn signalled(flag: &mut tokio::sync::watch::Receiver<bool>) {
@@ -127,38 +128,23 @@ impl Topics {
         received_ms: i64,
     ) -> Result<Vec<Reading>, String> {
         let sensor = self.sensor_of(topic)?;
-        let text =
-            std::str::from_utf8(payload).map_err(|e| format!("payload is not UTF-8: {e}"))?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
-        match value {
-            Value::Number(n) => {
-                let value = crate::reading::parse_value("value", &Value::Number(n))
-                    .map_err(|e| e.to_string())?;
-                Ok(vec![Reading {
-                    key: Key::new(sensor, received_ms),
-                    sample: Sample { value, unit: None },
-                }])
-            }
-            Value::Array(items) => {
-                if items.len() > MAX_READINGS_PER_MESSAGE {
-                    return Err(format!(
-                        "at most {MAX_READINGS_PER_MESSAGE} readings per message"
-                    ));
-                }
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| {
-                        parse_reading(item, Some(&sensor), received_ms)
-                            .map_err(|e| format!("[{i}].{e}"))
-                    })
-                    .collect()
-            }
-            object @ Value::Object(_) => Ok(vec![
-                parse_reading(&object, Some(&sensor), received_ms).map_err(|e| e.to_string())?,
-            ]),
-            _ => Err("payload must be a reading object, an array of them, or a number".into()),
+        match parse_body(
+            payload,
+            Some(&sensor),
+            received_ms,
+            MAX_READINGS_PER_MESSAGE,
+        ) {
+            Ok(Parsed::One(reading)) => Ok(vec![reading]),
+            Ok(Parsed::Many(readings)) => Ok(readings),
+            Err(BodyError::NotUtf8(e)) => Err(format!("payload is not UTF-8: {e}")),
+            Err(BodyError::NotJson(e)) => Err(format!("payload is not JSON: {e}")),
+            Err(BodyError::TooMany { max }) => Err(format!("at most {max} readings per message")),
+            Err(BodyError::Invalid {
+                index: Some(i),
+                error,
+                ..
+            }) => Err(format!("[{i}].{error}")),
+            Err(BodyError::Invalid { error, .. }) => Err(error.to_string()),
         }
     }
 }

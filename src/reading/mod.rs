@@ -1,11 +1,13 @@
 //! Readings as they enter the system, and the identifiers that name them.
 //!
-//! This module owns the one parser of SPEC §2: every door (HTTP today, MQTT
-//! later) turns untrusted JSON into a validated [`Reading`] here, so the rules
-//! for sensor ids, timestamps, values and units are written exactly once.
+//! This module owns the one parser of SPEC §2: both doors (HTTP and MQTT)
+//! turn untrusted JSON into validated [`Reading`]s here ([`body`] reads a
+//! whole request body or payload), so the rules for sensor ids, timestamps,
+//! values and units are written exactly once.
 //! Everything is pure: no I/O, no clock reads (the time of receipt is passed
 //! in by the caller).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
+
+pub mod body;
 
 /// Longest accepted sensor id, in bytes (all accepted characters are ASCII).
 pub const MAX_SENSOR_ID_LEN: usize = 128;
@@ -45,9 +49,39 @@ impl InvalidInput {
 /// A validated sensor id: 1–128 characters of `[A-Za-z0-9._-]`.
 ///
 /// Cheap to clone (a shared string), because every stored record and every
-/// replica's copy of a batch carries one.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// replica's copy of a batch carries one. The readings of one body share one
+/// string, so comparing two ids first compares the pointers: sorting a batch
+/// by key then rarely looks at the text.
+#[derive(Clone, Eq)]
 pub struct SensorId(Arc<str>);
+
+impl std::hash::Hash for SensorId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for SensorId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Ord for SensorId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&other.0)
+        }
+    }
+}
+
+impl PartialOrd for SensorId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl SensorId {
     pub fn as_str(&self) -> &str {
@@ -299,7 +333,11 @@ fn check_timestamp_range(ms: i64) -> Result<i64, InvalidInput> {
 pub fn parse_value(field: &str, v: &Value) -> Result<f64, InvalidInput> {
     v.as_f64()
         .filter(|x| x.is_finite())
-        .ok_or_else(|| InvalidInput::new(field, "must be a finite JSON number"))
+        .ok_or_else(|| not_a_number(field))
+}
+
+fn not_a_number(field: &str) -> InvalidInput {
+    InvalidInput::new(field, "must be a finite JSON number")
 }
 
 /// Parses an optional unit field (`null` counts as absent).
@@ -308,6 +346,104 @@ pub fn parse_unit(v: Option<&Value>) -> Result<Option<Unit>, InvalidInput> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => s.parse().map(Some),
         Some(_) => Err(InvalidInput::new("unit", "must be a string")),
+    }
+}
+
+/// The fields a reading object may have.
+const READING_FIELDS: &[&str] = &["sensor_id", "timestamp", "value", "unit"];
+
+/// A reading's timestamp field, its JSON type checked, not yet its content.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) enum TimestampField<'a> {
+    /// Absent or `null`: the time of receipt.
+    #[default]
+    Absent,
+    Text(&'a str),
+    Number(f64),
+}
+
+/// A reading object's fields with their JSON types checked. Both ways into
+/// a reading (a `serde_json::Value` tree, or [`body`]'s borrowed form) end
+/// here, so the rules of SPEC §2 are applied in [`Fields::into_reading`] only.
+pub(crate) struct Fields<'a> {
+    pub sensor_id: Option<&'a str>,
+    pub timestamp: TimestampField<'a>,
+    pub value: f64,
+    pub unit: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    /// Validates the fields into a reading. `topic_sensor` is the sensor
+    /// named by an MQTT topic: the payload may then omit `sensor_id`, and if
+    /// it gives one it must match. `received_ms` stands in for an absent
+    /// timestamp.
+    pub(crate) fn into_reading(
+        self,
+        topic_sensor: Option<&SensorId>,
+        received_ms: i64,
+        names: &mut Names<'a>,
+    ) -> Result<Reading, InvalidInput> {
+        let sensor = match (self.sensor_id, topic_sensor) {
+            (Some(text), topic) => {
+                let sensor = names.sensor(text)?;
+                if let Some(topic) = topic.filter(|t| **t != sensor) {
+                    return Err(InvalidInput::new(
+                        "sensor_id",
+                        format!("{sensor} does not match the topic's sensor {topic}"),
+                    ));
+                }
+                sensor
+            }
+            (None, Some(topic)) => topic.clone(),
+            (None, None) => return Err(InvalidInput::new("sensor_id", "is required")),
+        };
+        let timestamp_ms = match self.timestamp {
+            TimestampField::Absent => received_ms,
+            TimestampField::Text(text) => parse_timestamp_str(text)?,
+            TimestampField::Number(n) => parse_timestamp_number(n)?,
+        };
+        if !self.value.is_finite() {
+            return Err(not_a_number("value"));
+        }
+        let unit = self.unit.map(|text| names.unit(text)).transpose()?;
+        Ok(Reading {
+            key: Key::new(sensor, timestamp_ms),
+            sample: Sample {
+                value: self.value,
+                unit,
+            },
+        })
+    }
+}
+
+/// The sensor ids and units already validated while parsing one body: a
+/// batch of thousands of readings from a hundred sensors then validates and
+/// allocates a hundred ids, and its readings share them.
+#[derive(Default)]
+pub(crate) struct Names<'a> {
+    sensors: HashMap<&'a str, SensorId>,
+    units: HashMap<&'a str, Unit>,
+}
+
+impl<'a> Names<'a> {
+    fn sensor(&mut self, text: &'a str) -> Result<SensorId, InvalidInput> {
+        Self::intern(&mut self.sensors, text)
+    }
+
+    fn unit(&mut self, text: &'a str) -> Result<Unit, InvalidInput> {
+        Self::intern(&mut self.units, text)
+    }
+
+    fn intern<T>(known: &mut HashMap<&'a str, T>, text: &'a str) -> Result<T, InvalidInput>
+    where
+        T: FromStr<Err = InvalidInput> + Clone,
+    {
+        if let Some(name) = known.get(text) {
+            return Ok(name.clone());
+        }
+        let name: T = text.parse()?;
+        known.insert(text, name.clone());
+        Ok(name)
     }
 }
 
@@ -321,30 +457,29 @@ pub fn parse_reading(
     topic_sensor: Option<&SensorId>,
     received_ms: i64,
 ) -> Result<Reading, InvalidInput> {
+    parse_reading_with(value, topic_sensor, received_ms, &mut Names::default())
+}
+
+/// [`parse_reading`], sharing the sensor ids and units of one body.
+pub(crate) fn parse_reading_with<'a>(
+    value: &'a Value,
+    topic_sensor: Option<&SensorId>,
+    received_ms: i64,
+    names: &mut Names<'a>,
+) -> Result<Reading, InvalidInput> {
     let object = value
         .as_object()
         .ok_or_else(|| InvalidInput::new("reading", "must be a JSON object"))?;
-    reject_unknown_fields(object, &["sensor_id", "timestamp", "value", "unit"])?;
-
-    let sensor = match (object.get("sensor_id"), topic_sensor) {
-        (Some(Value::String(s)), topic) => {
-            let sensor: SensorId = s.parse()?;
-            if let Some(topic) = topic.filter(|t| **t != sensor) {
-                return Err(InvalidInput::new(
-                    "sensor_id",
-                    format!("{sensor} does not match the topic's sensor {topic}"),
-                ));
-            }
-            sensor
-        }
-        (Some(_), _) => return Err(InvalidInput::new("sensor_id", "must be a string")),
-        (None, Some(topic)) => topic.clone(),
-        (None, None) => return Err(InvalidInput::new("sensor_id", "is required")),
+    reject_unknown_fields(object, READING_FIELDS)?;
+    let sensor_id = match object.get("sensor_id") {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(InvalidInput::new("sensor_id", "must be a string")),
     };
-    let timestamp_ms = match object.get("timestamp") {
-        None | Some(Value::Null) => received_ms,
-        Some(Value::String(s)) => parse_timestamp_str(s)?,
-        Some(Value::Number(n)) => parse_timestamp_number(n.as_f64().unwrap_or(f64::NAN))?,
+    let timestamp = match object.get("timestamp") {
+        None | Some(Value::Null) => TimestampField::Absent,
+        Some(Value::String(s)) => TimestampField::Text(s),
+        Some(Value::Number(n)) => TimestampField::Number(n.as_f64().unwrap_or(f64::NAN)),
         Some(_) => {
             return Err(InvalidInput::new(
                 "timestamp",
@@ -356,11 +491,18 @@ pub fn parse_reading(
         Some(v) => parse_value("value", v)?,
         None => return Err(InvalidInput::new("value", "is required")),
     };
-    let unit = parse_unit(object.get("unit"))?;
-    Ok(Reading {
-        key: Key::new(sensor, timestamp_ms),
-        sample: Sample { value, unit },
-    })
+    let unit = match object.get("unit") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(InvalidInput::new("unit", "must be a string")),
+    };
+    Fields {
+        sensor_id,
+        timestamp,
+        value,
+        unit,
+    }
+    .into_reading(topic_sensor, received_ms, names)
 }
 
 /// Refuses any field not in `allowed`: a typo must not vanish silently.
@@ -378,136 +520,4 @@ pub fn reject_unknown_fields(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    const NOW: i64 = 1_751_738_400_000;
-
-    fn sensor(s: &str) -> SensorId {
-        s.parse().expect("valid sensor id")
-    }
-
-    #[test]
-    fn sensor_ids_follow_the_spec() {
-        assert!("sensor-1.a_B".parse::<SensorId>().is_ok());
-        assert!("x".repeat(128).parse::<SensorId>().is_ok());
-        for bad in ["", "a b", "a/b", "a:b", "é", &"x".repeat(129)] {
-            let err = bad.parse::<SensorId>().expect_err(bad);
-            assert_eq!(err.field, "sensor_id");
-        }
-    }
-
-    #[test]
-    fn keys_round_trip_through_their_text_form() {
-        let key: Key = "sensor1:1751738400000".parse().expect("valid key");
-        assert_eq!(key.sensor.as_str(), "sensor1");
-        assert_eq!(key.timestamp_ms, NOW);
-        assert_eq!(key.to_string(), "sensor1:1751738400000");
-        for bad in [
-            "sensor1",
-            "sensor1:",
-            "sensor1:abc",
-            ":5",
-            "a b:5",
-            "s:-1",
-            "s:99999999999999999999",
-        ] {
-            assert!(bad.parse::<Key>().is_err(), "{bad} must be refused");
-        }
-    }
-
-    #[test]
-    fn timestamps_in_every_accepted_form() {
-        let cases = [
-            (json!("2025-07-05T18:00:00Z"), NOW),
-            (json!("2025-07-05T20:00:00+02:00"), NOW),
-            (json!("2025-07-05T18:00:00"), NOW),
-            (json!("2025-07-05T18:00:00.250Z"), NOW + 250),
-            (json!(1_751_738_400), NOW),
-            (json!(1_751_738_400.5), NOW + 500),
-            (json!(1_751_738_400_000_i64), NOW),
-        ];
-        for (ts, expected) in cases {
-            let r = parse_reading(
-                &json!({"sensor_id": "s", "timestamp": ts, "value": 1}),
-                None,
-                0,
-            )
-            .expect("valid reading");
-            assert_eq!(r.key.timestamp_ms, expected, "timestamp {ts}");
-        }
-    }
-
-    #[test]
-    fn missing_timestamp_means_time_of_receipt() {
-        let r = parse_reading(&json!({"sensor_id": "s", "value": 2.5}), None, NOW).expect("valid");
-        assert_eq!(r.key, Key::new(sensor("s"), NOW));
-        assert_eq!(r.sample.value, 2.5);
-        assert_eq!(r.sample.unit, None);
-    }
-
-    #[test]
-    fn invalid_readings_name_the_field() {
-        let cases = [
-            (json!([1]), "reading"),
-            (json!({"value": 1}), "sensor_id"),
-            (json!({"sensor_id": 5, "value": 1}), "sensor_id"),
-            (json!({"sensor_id": "s"}), "value"),
-            (json!({"sensor_id": "s", "value": "1"}), "value"),
-            (json!({"sensor_id": "s", "value": null}), "value"),
-            (
-                json!({"sensor_id": "s", "value": 1, "timestamp": "yesterday"}),
-                "timestamp",
-            ),
-            (
-                json!({"sensor_id": "s", "value": 1, "timestamp": true}),
-                "timestamp",
-            ),
-            (
-                json!({"sensor_id": "s", "value": 1, "timestamp": -5}),
-                "timestamp",
-            ),
-            (
-                json!({"sensor_id": "s", "value": 1, "unit": "much-too-long-unit"}),
-                "unit",
-            ),
-            (json!({"sensor_id": "s", "value": 1, "unit": 3}), "unit"),
-            (json!({"sensor_id": "s", "value": 1, "vaule": 2}), "vaule"),
-        ];
-        for (input, field) in cases {
-            let err = parse_reading(&input, None, NOW).expect_err(&input.to_string());
-            assert_eq!(err.field, field, "input {input}");
-        }
-    }
-
-    #[test]
-    fn topic_sensor_fills_in_and_must_match() {
-        let topic = sensor("meter7");
-        let r = parse_reading(&json!({"value": 1}), Some(&topic), NOW).expect("valid");
-        assert_eq!(r.key.sensor, topic);
-        let err = parse_reading(
-            &json!({"sensor_id": "other", "value": 1}),
-            Some(&topic),
-            NOW,
-        )
-        .expect_err("mismatch");
-        assert_eq!(err.field, "sensor_id");
-    }
-
-    #[test]
-    fn measurements_serialize_in_the_spec_shape() {
-        let m = Measurement::new(
-            Key::new(sensor("sensor1"), NOW),
-            Sample {
-                value: 75.5,
-                unit: Some("W".parse().expect("unit")),
-            },
-        );
-        assert_eq!(
-            serde_json::to_value(&m).expect("serializes"),
-            json!({"key": "sensor1:1751738400000", "sensor_id": "sensor1",
-                   "timestamp": "2025-07-05T18:00:00.000Z", "value": 75.5, "unit": "W"})
-        );
-    }
-}
+mod tests;
