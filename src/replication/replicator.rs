@@ -1,7 +1,6 @@
 //! The replicator: writes to a quorum of replicas, reads from live replicas,
 //! and owns the cluster's state (node statuses and placements).
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -86,14 +85,6 @@ impl ClusterState {
         }
         holders
     }
-}
-
-/// Where one sensor's writes go: replicas that store them now, and
-/// replicas that are down and get hints.
-#[derive(Default)]
-struct Route {
-    stores: Vec<NodeId>,
-    hints: Vec<NodeId>,
 }
 
 /// Where one write batch goes.
@@ -377,56 +368,40 @@ impl Replicator {
         Ok(())
     }
 
-    fn plan_write(&self, records: Vec<Record>) -> ReplicationResult<(WritePlan, usize)> {
+    fn plan_write(&self, mut records: Vec<Record>) -> ReplicationResult<(WritePlan, usize)> {
         let state = self.state();
         let quorum = state.current.settings().write_quorum;
         let mut plan = WritePlan::default();
-        // Where each sensor's records go: worked out once per sensor, since
-        // it depends only on the sensor (and the state, fixed while planning).
-        let mut routes: HashMap<SensorId, Route> = HashMap::new();
-        for record in records {
-            let route = match routes.entry(record.key.sensor.clone()) {
-                Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => {
-                    let voters: Vec<NodeId> = state
-                        .current
-                        .replicas(new.key())
-                        .into_iter()
-                        .filter(|n| state.is_up(n))
-                        .collect();
-                    if voters.len() < quorum {
-                        return Err(ReplicationError::Unavailable {
-                            required: quorum,
-                            available: voters.len(),
-                        });
-                    }
-                    plan.voter_sets.insert(voters);
-                    // Previous owners keep receiving writes during a move so
-                    // they stay complete (the ones that are down through
-                    // hints, like owners: repair alone could not help them if
-                    // the nodes that took the write were down by the time
-                    // they recover).
-                    let mut route = Route::default();
-                    for node in state.holders(new.key()) {
-                        match state.status[&node] {
-                            NodeStatus::Down => route.hints.push(node),
-                            NodeStatus::Up | NodeStatus::Recovering => route.stores.push(node),
-                        }
-                    }
-                    new.insert(route)
-                }
-            };
-            for node in &route.stores {
-                plan.stores
-                    .entry(node.clone())
-                    .or_default()
-                    .push(record.clone());
+        // In key order each sensor's records are one run, routed once (the
+        // route depends only on the sensor and the state, fixed while
+        // planning), and every node receives its records in the order it
+        // writes them.
+        records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        for run in records.chunk_by(|a, b| a.key.sensor == b.key.sensor) {
+            let sensor = &run[0].key.sensor;
+            let voters: Vec<NodeId> = state
+                .current
+                .replicas(sensor)
+                .into_iter()
+                .filter(|n| state.is_up(n))
+                .collect();
+            if voters.len() < quorum {
+                return Err(ReplicationError::Unavailable {
+                    required: quorum,
+                    available: voters.len(),
+                });
             }
-            for node in &route.hints {
-                plan.hints
-                    .entry(node.clone())
-                    .or_default()
-                    .push(record.clone());
+            plan.voter_sets.insert(voters);
+            // Previous owners keep receiving writes during a move so they
+            // stay complete (the ones that are down through hints, like
+            // owners: repair alone could not help them if the nodes that
+            // took the write were down by the time they recover).
+            for node in state.holders(sensor) {
+                let destination = match state.status[&node] {
+                    NodeStatus::Down => &mut plan.hints,
+                    NodeStatus::Up | NodeStatus::Recovering => &mut plan.stores,
+                };
+                destination.entry(node).or_default().extend_from_slice(run);
             }
         }
         Ok((plan, quorum))
