@@ -56,8 +56,8 @@ pub enum BenchError {
 /// What to run and where the results go.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// The size of every bulk workload (batched ingest, MQTT, recovery,
-    /// rebalance); request counts are derived from it.
+    /// The size of every bulk workload (MQTT, recovery, rebalance; batched
+    /// ingest four times it); request counts are derived from it.
     pub readings: usize,
     pub out: PathBuf,
 }
@@ -72,6 +72,7 @@ impl Parameters {
             http_concurrency: 32,
             latency_requests: (readings / 50).clamp(50, 2_000),
             batch_size: service::BATCH,
+            batch_readings: 4 * readings,
             history_points: 100_000,
             sensors: 100,
         }

@@ -46,7 +46,7 @@ pub struct Machine {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Parameters {
-    /// `--readings`: the size of every bulk workload.
+    /// `--readings`: the size of every bulk workload but batched ingest.
     pub readings: usize,
     pub repetitions: usize,
     /// Single-reading requests per repetition (and point reads).
@@ -56,6 +56,9 @@ pub struct Parameters {
     /// Sequential requests in latency runs (one client).
     pub latency_requests: usize,
     pub batch_size: usize,
+    /// Readings per repetition of batched ingest: four times `readings`, so
+    /// that a repetition lasts long enough to include the nodes' checkpoints.
+    pub batch_readings: usize,
     pub history_points: usize,
     pub sensors: usize,
 }

@@ -102,14 +102,14 @@ async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, Ben
     let mut first = 0;
     median_after_warm_up(p, async |_| {
         let bodies: Arc<Vec<String>> = Arc::new(
-            (first..first + p.readings)
+            (first..first + p.batch_readings)
                 .map(|n| reading(&format!("batch{}", n % p.sensors), n))
                 .collect::<Vec<Value>>()
                 .chunks(p.batch_size)
                 .map(|chunk| Value::from(chunk.to_vec()).to_string())
                 .collect(),
         );
-        first += p.readings;
+        first += p.batch_readings;
         let (api, all) = (service.api.clone(), bodies.clone());
         let factory: RequestFactory = Arc::new(move |i| {
             api.request(Method::POST, "/ingest")
@@ -117,7 +117,7 @@ async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, Ben
                 .body(all[i].clone())
         });
         let run = http_load(bodies.len(), 2, factory).await?;
-        Ok(p.readings as f64 / run.elapsed.as_secs_f64())
+        Ok(p.batch_readings as f64 / run.elapsed.as_secs_f64())
     })
     .await
 }
