@@ -203,6 +203,24 @@ async fn scans_filter_page_and_order(node: &dyn StorageNode) {
         .expect("scan");
     assert_eq!(keys(page), ["b:0", "b:100", "b:200"]);
 
+    // One sensor's history paged: `after` in the same sensor, before it
+    // (everything of the sensor), or past it (nothing).
+    let b_after = |after| Scan {
+        sensor: Some("b".parse().expect("sensor")),
+        after: Some(after),
+        limit: 2,
+        ..Scan::default()
+    };
+    let pages = [
+        (key("b", 300), vec!["b:400", "b:500"]),
+        (key("a", 900), vec!["b:0", "b:100"]),
+        (key("c", 0), vec![]),
+    ];
+    for (after, expected) in pages {
+        let page = node.scan(b_after(after.clone())).await.expect("scan");
+        assert_eq!(keys(page), expected, "sensor b after {after}");
+    }
+
     let with_tombstones = node
         .scan(Scan {
             sensor: Some("a".parse().expect("sensor")),

@@ -360,10 +360,23 @@ fn scan_sql(scan: &Scan) -> (String, Vec<rusqlite::types::Value>) {
         conditions.push("ts < ?".to_string());
         args.push(V::Integer(to));
     }
-    if let Some(after) = &scan.after {
-        conditions.push("(sensor, ts) > (?, ?)".to_string());
-        args.push(V::Text(after.sensor.as_str().to_string()));
-        args.push(V::Integer(after.timestamp_ms));
+    match (&scan.after, &scan.sensor) {
+        (None, _) => {}
+        (Some(after), None) => {
+            conditions.push("(sensor, ts) > (?, ?)".to_string());
+            args.push(V::Text(after.sensor.as_str().to_string()));
+            args.push(V::Integer(after.timestamp_ms));
+        }
+        // With `sensor = ?` SQLite does not seek on a row value: it would
+        // walk the sensor's range from its start to each page's first row.
+        (Some(after), Some(sensor)) => match after.sensor.cmp(sensor) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => {
+                conditions.push("ts > ?".to_string());
+                args.push(V::Integer(after.timestamp_ms));
+            }
+            std::cmp::Ordering::Greater => conditions.push("0".to_string()),
+        },
     }
     if !scan.tombstones {
         conditions.push("value IS NOT NULL".to_string());
