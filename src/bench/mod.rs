@@ -73,6 +73,7 @@ impl Parameters {
             latency_requests: (readings / 50).clamp(50, 2_000),
             batch_size: service::BATCH,
             batch_readings: 4 * readings,
+            batch_concurrency: 4,
             history_points: 100_000,
             sensors: 100,
         }

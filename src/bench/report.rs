@@ -59,6 +59,9 @@ pub struct Parameters {
     /// Readings per repetition of batched ingest: four times `readings`, so
     /// that a repetition lasts long enough to include the nodes' checkpoints.
     pub batch_readings: usize,
+    /// Batched requests in flight: a few gateways posting at once, so that
+    /// the service's batcher can combine them as it does in production.
+    pub batch_concurrency: usize,
     pub history_points: usize,
     pub sensors: usize,
 }

@@ -97,7 +97,8 @@ async fn median_after_warm_up(
     Ok(median(figures))
 }
 
-/// `POST /ingest` with `batch_size` readings per request, two in flight.
+/// `POST /ingest` with `batch_size` readings per request, `batch_concurrency`
+/// in flight.
 async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, BenchError> {
     let mut first = 0;
     median_after_warm_up(p, async |_| {
@@ -116,7 +117,7 @@ async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, Ben
                 .header("content-type", "application/json")
                 .body(all[i].clone())
         });
-        let run = http_load(bodies.len(), 2, factory).await?;
+        let run = http_load(bodies.len(), p.batch_concurrency, factory).await?;
         Ok(p.batch_readings as f64 / run.elapsed.as_secs_f64())
     })
     .await
