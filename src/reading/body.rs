@@ -3,12 +3,12 @@
 //! or, on a topic that names the sensor, a bare number.
 //!
 //! A body is read twice at most. The first read deserializes straight into
-//! borrowed fields ([`WireReading`]) without building a `serde_json::Value`
+//! borrowed fields (`WireReading`) without building a `serde_json::Value`
 //! tree: a batch of 5,000 readings then costs a third of the time. Whatever
 //! that read cannot take (an error of any kind, a duplicate field, a bare
 //! number) is read again as a `Value`, and that read either accepts it or
 //! says exactly which field is wrong and why. Both reads end in
-//! [`Fields::into_reading`], so they apply the same rules; the first only
+//! `Fields::into_reading`, so they apply the same rules; the first only
 //! ever accepts what the second would accept, with the same result (a test
 //! holds them to that).
 
