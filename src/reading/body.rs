@@ -20,8 +20,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde_json::Value;
 
 use super::{
-    Fields, InvalidInput, Key, Names, Reading, Sample, SensorId, TimestampField,
-    parse_reading_with, parse_value,
+    Fields, InvalidInput, Names, Reading, SensorId, TimestampField, parse_reading, parse_value,
 };
 
 /// The readings of a body.
@@ -61,19 +60,17 @@ pub fn parse_body(
     received_ms: i64,
     max: usize,
 ) -> Result<Parsed, BodyError> {
-    match parse_borrowed(body, topic_sensor, received_ms) {
-        Some(Parsed::Many(readings)) if readings.len() > max => Err(BodyError::TooMany { max }),
-        Some(parsed) => Ok(parsed),
-        None => parse_explained(body, topic_sensor, received_ms, max),
-    }
+    parse_borrowed(body, topic_sensor, received_ms, max)
+        .map_or_else(|| parse_explained(body, topic_sensor, received_ms, max), Ok)
 }
 
 /// The first read: `None` for anything but a well-formed reading object or
-/// array of them with every reading valid.
+/// array of at most `max` of them with every reading valid.
 fn parse_borrowed(
     body: &[u8],
     topic_sensor: Option<&SensorId>,
     received_ms: i64,
+    max: usize,
 ) -> Option<Parsed> {
     match body.iter().find(|b| !b.is_ascii_whitespace())? {
         b'{' => {
@@ -86,6 +83,9 @@ fn parse_borrowed(
         }
         b'[' => {
             let wire: Vec<WireReading<'_>> = serde_json::from_slice(body).ok()?;
+            if wire.len() > max {
+                return None;
+            }
             let mut names = Names::default();
             let readings = wire
                 .iter()
@@ -126,21 +126,25 @@ fn parse_explained(
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    parse_reading_with(item, topic_sensor, received_ms, &mut names)
+                    parse_reading(item, topic_sensor, received_ms, &mut names)
                         .map_err(|e| invalid(Some(i), items.len(), e))
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Parsed::Many)
         }
-        (Value::Number(_), Some(sensor)) => {
-            let value = parse_value("value", &value).map_err(|e| invalid(None, 1, e))?;
-            Ok(Parsed::One(Reading {
-                key: Key::new(sensor.clone(), received_ms),
-                sample: Sample { value, unit: None },
-            }))
+        (Value::Number(_), Some(_)) => {
+            let bare = Fields {
+                sensor_id: None,
+                timestamp: TimestampField::Absent,
+                value: parse_value("value", &value).map_err(|e| invalid(None, 1, e))?,
+                unit: None,
+            };
+            bare.into_reading(topic_sensor, received_ms, &mut Names::default())
+                .map(Parsed::One)
+                .map_err(|e| invalid(None, 1, e))
         }
         (Value::Object(_), _) | (_, None) => {
-            parse_reading_with(&value, topic_sensor, received_ms, &mut Names::default())
+            parse_reading(&value, topic_sensor, received_ms, &mut Names::default())
                 .map(Parsed::One)
                 .map_err(|e| invalid(None, 1, e))
         }

@@ -342,9 +342,14 @@ fn not_a_number(field: &str) -> InvalidInput {
 
 /// Parses an optional unit field (`null` counts as absent).
 pub fn parse_unit(v: Option<&Value>) -> Result<Option<Unit>, InvalidInput> {
+    unit_text(v)?.map(str::parse).transpose()
+}
+
+/// The text of an optional unit field, checked to be a string or absent.
+fn unit_text(v: Option<&Value>) -> Result<Option<&str>, InvalidInput> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s.parse().map(Some),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(InvalidInput::new("unit", "must be a string")),
     }
 }
@@ -353,10 +358,8 @@ pub fn parse_unit(v: Option<&Value>) -> Result<Option<Unit>, InvalidInput> {
 const READING_FIELDS: &[&str] = &["sensor_id", "timestamp", "value", "unit"];
 
 /// A reading's timestamp field, its JSON type checked, not yet its content.
-#[derive(Debug, Clone, Copy, Default)]
 pub(crate) enum TimestampField<'a> {
     /// Absent or `null`: the time of receipt.
-    #[default]
     Absent,
     Text(&'a str),
     Number(f64),
@@ -451,17 +454,9 @@ impl<'a> Names<'a> {
 ///
 /// `topic_sensor` is the sensor named by an MQTT topic: the payload may then
 /// omit `sensor_id`, and if it gives one it must match. `received_ms` is the
-/// time of receipt, used when the reading has no timestamp.
-pub fn parse_reading(
-    value: &Value,
-    topic_sensor: Option<&SensorId>,
-    received_ms: i64,
-) -> Result<Reading, InvalidInput> {
-    parse_reading_with(value, topic_sensor, received_ms, &mut Names::default())
-}
-
-/// [`parse_reading`], sharing the sensor ids and units of one body.
-pub(crate) fn parse_reading_with<'a>(
+/// time of receipt, used when the reading has no timestamp. `names` holds
+/// the sensor ids and units of the body parsed so far.
+pub(crate) fn parse_reading<'a>(
     value: &'a Value,
     topic_sensor: Option<&SensorId>,
     received_ms: i64,
@@ -491,11 +486,7 @@ pub(crate) fn parse_reading_with<'a>(
         Some(v) => parse_value("value", v)?,
         None => return Err(InvalidInput::new("value", "is required")),
     };
-    let unit = match object.get("unit") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return Err(InvalidInput::new("unit", "must be a string")),
-    };
+    let unit = unit_text(object.get("unit"))?;
     Fields {
         sensor_id,
         timestamp,

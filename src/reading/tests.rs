@@ -5,6 +5,15 @@ use serde_json::json;
 
 const NOW: i64 = 1_751_738_400_000;
 
+/// One reading object, parsed as the only one of its body.
+fn parse_reading(
+    value: &Value,
+    topic_sensor: Option<&SensorId>,
+    received_ms: i64,
+) -> Result<Reading, InvalidInput> {
+    super::parse_reading(value, topic_sensor, received_ms, &mut Names::default())
+}
+
 fn sensor(s: &str) -> SensorId {
     s.parse().expect("valid sensor id")
 }

@@ -86,7 +86,7 @@ fn the_borrowed_read_takes_exactly_what_the_value_read_accepts() {
     let mut taken = 0;
     for (text, repeats_a_field) in objects() {
         for topic in [None, Some(&topic)] {
-            let borrowed = parse_borrowed(text.as_bytes(), topic, NOW);
+            let borrowed = parse_borrowed(text.as_bytes(), topic, NOW, 10);
             let explained = parse_explained(text.as_bytes(), topic, NOW, 10);
             match (&borrowed, &explained) {
                 (Some(b), Ok(e)) => {
@@ -116,7 +116,7 @@ fn arrays_agree_too_and_share_names() {
         r#"{"sensor_id":"a","timestamp":1751738401,"value":3,"unit":"W"}"#,
     ];
     let body = format!("[{}]", items.join(","));
-    let borrowed = parse_borrowed(body.as_bytes(), None, NOW).expect("first read takes it");
+    let borrowed = parse_borrowed(body.as_bytes(), None, NOW, 10).expect("first read takes it");
     assert_eq!(
         Ok(&borrowed),
         parse_explained(body.as_bytes(), None, NOW, 10)
