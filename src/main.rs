@@ -17,6 +17,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// `RUST_LOG` overrides this.
 const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
 
+/// mimalloc instead of the system allocator: a request allocates and frees
+/// on whichever runtime thread polls it, and a reading crosses to a writer
+/// thread, where glibc's malloc spent about a tenth of the service's CPU
+/// (single-reading POSTs under `wrk -c128`: 34.7k → 38.9k requests/s,
+/// medians of four alternated runs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
