@@ -67,10 +67,17 @@ pub async fn ingest(
             Ok((StatusCode::CREATED, Json(Stored { count, keys })).into_response())
         }
         Parsed::One(reading) => {
-            let keys = state.ingestor.ingest(vec![reading]).await?;
-            Ok((StatusCode::CREATED, Json(json!({"key": keys[0]}))).into_response())
+            let key = reading.key.clone();
+            state.ingestor.ingest(vec![reading]).await?;
+            Ok((StatusCode::CREATED, Json(StoredOne { key })).into_response())
         }
     }
+}
+
+/// The answer to a single reading: its key.
+#[derive(Serialize)]
+struct StoredOne {
+    key: Key,
 }
 
 /// The answer to a batch: how many readings were stored, and their keys.
