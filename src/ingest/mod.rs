@@ -9,24 +9,49 @@
 //! replica's writer thread). If a combined write is refused (a sensor
 //! without its write quorum), each caller's readings are retried alone, so
 //! one client's unavailable sensor never fails another client's write.
+//!
+//! Two batchers let one batch be planned and answered while another
+//! commits. But a batch formed while another is being stored waits until it
+//! holds as many readings as that one (or [`OVERLAP_AT`]), or until that one
+//! is stored: each write commits on every node it touches, and a second write
+//! of two or three readings costs most of what one of ten does. Single-reading
+//! POSTs under `wrk -c32` went from 8 to 11 requests per batch, from 18.5 to
+//! 16 µs of writer-thread CPU per request and from 31k to 33.5k requests/s
+//! (medians of five alternated pairs); large batches, which pass that bar at
+//! once, are unchanged.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use crate::alerts::AlertService;
 use crate::alerts::engine::{Change, Transition};
 use crate::reading::{Key, Reading};
 use crate::replication::{ReplicationResult, Replicator};
 
-/// Batcher tasks: two keep both cores busy while one waits for a commit.
+/// Batcher tasks: two keep both cores busy while one batch waits for its
+/// commits.
 const BATCHERS: usize = 2;
 /// Readings combined into one replicated write at most.
 const MAX_COMBINED: usize = 20_000;
+/// A batch formed while another is being stored waits until it holds as
+/// many readings as that one, or this many, or until that one is stored.
+const OVERLAP_AT: usize = 1_000;
 
 struct Pending {
     readings: Vec<Reading>,
     reply: oneshot::Sender<ReplicationResult<()>>,
+}
+
+/// What the batchers share: the queue, and how many readings the batches
+/// being stored hold.
+struct Batchers {
+    /// A tokio Mutex: a batcher holds it while it forms a batch, which
+    /// awaits arrivals.
+    queue: Mutex<mpsc::UnboundedReceiver<Pending>>,
+    storing: AtomicUsize,
+    stored: Notify,
 }
 
 pub struct Ingestor {
@@ -36,15 +61,13 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(replicator: Arc<Replicator>, alerts: Arc<AlertService>) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
-        // A tokio Mutex: a batcher holds it only while draining the queue,
-        // which awaits the first arrival.
-        let receiver = Arc::new(Mutex::new(receiver));
+        let shared = Arc::new(Batchers {
+            queue: Mutex::new(receiver),
+            storing: AtomicUsize::new(0),
+            stored: Notify::new(),
+        });
         for _ in 0..BATCHERS {
-            tokio::spawn(batcher(
-                receiver.clone(),
-                replicator.clone(),
-                alerts.clone(),
-            ));
+            tokio::spawn(batcher(shared.clone(), replicator.clone(), alerts.clone()));
         }
         Self { queue }
     }
@@ -76,31 +99,85 @@ impl Ingestor {
     }
 }
 
-async fn batcher(
-    queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
-    replicator: Arc<Replicator>,
-    alerts: Arc<AlertService>,
-) {
+/// Requests taken together, and how many readings they hold.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<Pending>,
+    readings: usize,
+}
+
+impl Batch {
+    fn push(&mut self, pending: Pending) {
+        self.readings += pending.readings.len();
+        self.requests.push(pending);
+    }
+
+    /// Adds whatever is queued, up to [`MAX_COMBINED`] readings.
+    fn take_queued(&mut self, queue: &mut mpsc::UnboundedReceiver<Pending>) {
+        while self.readings < MAX_COMBINED {
+            match queue.try_recv() {
+                Ok(next) => self.push(next),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Worth storing beside a batch of `storing` readings already being
+    /// stored: a second write in flight keeps both cores busy, but a small
+    /// one costs a commit on every node for a few readings that the next
+    /// write could have carried.
+    fn worth_storing_beside(&self, storing: usize) -> bool {
+        storing == 0 || self.readings >= storing.min(OVERLAP_AT) || self.readings >= MAX_COMBINED
+    }
+}
+
+impl Batchers {
+    /// The next batch worth storing, counted as being stored; `None` once
+    /// the queue is closed and empty.
+    async fn next_batch(&self, queue: &mut mpsc::UnboundedReceiver<Pending>) -> Option<Batch> {
+        let mut batch = Batch::default();
+        batch.push(queue.recv().await?);
+        batch.take_queued(queue);
+        loop {
+            // Created before the check, so a batch stored in between still
+            // wakes this one.
+            let stored = self.stored.notified();
+            if batch.worth_storing_beside(self.storing.load(Ordering::Acquire)) {
+                break;
+            }
+            tokio::select! {
+                next = queue.recv() => match next {
+                    Some(next) => {
+                        batch.push(next);
+                        batch.take_queued(queue);
+                    }
+                    None => break,
+                },
+                () = stored => {}
+            }
+        }
+        self.storing.fetch_add(batch.readings, Ordering::AcqRel);
+        Some(batch)
+    }
+
+    /// A batch of `readings` readings has been stored (or refused).
+    fn finished(&self, readings: usize) {
+        self.storing.fetch_sub(readings, Ordering::AcqRel);
+        self.stored.notify_waiters();
+    }
+}
+
+async fn batcher(shared: Arc<Batchers>, replicator: Arc<Replicator>, alerts: Arc<AlertService>) {
     loop {
         let batch = {
-            let mut receiver = queue.lock().await;
-            let Some(first) = receiver.recv().await else {
-                return;
-            };
-            let mut size = first.readings.len();
-            let mut batch = vec![first];
-            while size < MAX_COMBINED {
-                match receiver.try_recv() {
-                    Ok(next) => {
-                        size += next.readings.len();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            batch
+            let mut queue = shared.queue.lock().await;
+            shared.next_batch(&mut queue).await
         };
-        store(&replicator, &alerts, batch).await;
+        let Some(batch) = batch else {
+            return;
+        };
+        store(&replicator, &alerts, batch.requests).await;
+        shared.finished(batch.readings);
     }
 }
 
@@ -151,3 +228,6 @@ pub fn record_alert_metrics(changes: &[Change]) {
         metrics::counter!("energyguard_alerts_total", "transition" => transition).increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! How batches form: polled by hand, so that "not yet" is a fact of the
+//! state, not of a timeout.
+
+use std::pin::pin;
+
+use futures::poll;
+
+use super::*;
+use crate::reading::Sample;
+
+fn batchers() -> (mpsc::UnboundedSender<Pending>, Batchers) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let shared = Batchers {
+        queue: Mutex::new(receiver),
+        storing: AtomicUsize::new(0),
+        stored: Notify::new(),
+    };
+    (sender, shared)
+}
+
+/// A request of `readings` readings (its reply is never read).
+fn request(readings: usize) -> Pending {
+    let sensor: crate::reading::SensorId = "s1".parse().expect("a valid sensor id");
+    let readings = (0..readings as i64)
+        .map(|ts| Reading {
+            key: Key::new(sensor.clone(), ts),
+            sample: Sample {
+                value: 1.0,
+                unit: None,
+            },
+        })
+        .collect();
+    let (reply, _) = oneshot::channel();
+    Pending { readings, reply }
+}
+
+fn sizes(batch: &Batch) -> Vec<usize> {
+    batch.requests.iter().map(|p| p.readings.len()).collect()
+}
+
+#[tokio::test]
+async fn with_nothing_being_stored_a_batch_takes_what_is_queued_at_once() {
+    let (sender, shared) = batchers();
+    for n in [1, 2, 3] {
+        sender.send(request(n)).expect("queue open");
+    }
+    let mut queue = shared.queue.lock().await;
+    let batch = shared.next_batch(&mut queue).await.expect("a batch");
+    assert_eq!(sizes(&batch), [1, 2, 3]);
+    assert_eq!(batch.readings, 6);
+    assert_eq!(shared.storing.load(Ordering::Acquire), 6);
+}
+
+#[tokio::test]
+async fn beside_a_larger_batch_being_stored_a_small_one_waits_to_match_it() {
+    let (sender, shared) = batchers();
+    shared.storing.store(4, Ordering::Release);
+    let mut queue = shared.queue.lock().await;
+    let mut next = pin!(shared.next_batch(&mut queue));
+    sender.send(request(1)).expect("queue open");
+    assert!(poll!(next.as_mut()).is_pending());
+    sender.send(request(2)).expect("queue open");
+    assert!(poll!(next.as_mut()).is_pending());
+    sender.send(request(1)).expect("queue open");
+    let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
+        panic!("four readings match the four being stored");
+    };
+    assert_eq!(sizes(&batch), [1, 2, 1]);
+    assert_eq!(shared.storing.load(Ordering::Acquire), 8);
+}
+
+#[tokio::test]
+async fn a_waiting_batch_goes_once_the_batch_being_stored_is_done() {
+    let (sender, shared) = batchers();
+    shared.storing.store(10, Ordering::Release);
+    let mut queue = shared.queue.lock().await;
+    let mut next = pin!(shared.next_batch(&mut queue));
+    sender.send(request(1)).expect("queue open");
+    assert!(poll!(next.as_mut()).is_pending());
+    shared.finished(10);
+    let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
+        panic!("nothing is being stored any more");
+    };
+    assert_eq!(sizes(&batch), [1]);
+    assert_eq!(shared.storing.load(Ordering::Acquire), 1);
+}
+
+#[tokio::test]
+async fn a_batch_of_overlap_at_readings_goes_beside_any_other() {
+    let (sender, shared) = batchers();
+    shared.storing.store(MAX_COMBINED, Ordering::Release);
+    sender.send(request(OVERLAP_AT)).expect("queue open");
+    let mut queue = shared.queue.lock().await;
+    let mut next = pin!(shared.next_batch(&mut queue));
+    let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
+        panic!("a batch of OVERLAP_AT readings does not wait");
+    };
+    assert_eq!(sizes(&batch), [OVERLAP_AT]);
+}
+
+#[tokio::test]
+async fn a_closed_queue_hands_over_the_waiting_batch_then_ends() {
+    let (sender, shared) = batchers();
+    shared.storing.store(10, Ordering::Release);
+    sender.send(request(1)).expect("queue open");
+    let mut queue = shared.queue.lock().await;
+    {
+        let mut next = pin!(shared.next_batch(&mut queue));
+        assert!(poll!(next.as_mut()).is_pending());
+        drop(sender);
+        let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
+            panic!("closing the queue must not strand a waiting batch");
+        };
+        assert_eq!(sizes(&batch), [1]);
+    }
+    assert!(shared.next_batch(&mut queue).await.is_none());
+}
