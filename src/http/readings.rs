@@ -67,17 +67,16 @@ pub async fn ingest(
             Ok((StatusCode::CREATED, Json(Stored { count, keys })).into_response())
         }
         Parsed::One(reading) => {
-            let key = reading.key.clone();
-            state.ingestor.ingest(vec![reading]).await?;
-            Ok((StatusCode::CREATED, Json(StoredOne { key })).into_response())
+            let keys = state.ingestor.ingest(vec![reading]).await?;
+            Ok((StatusCode::CREATED, Json(StoredOne { key: &keys[0] })).into_response())
         }
     }
 }
 
 /// The answer to a single reading: its key.
 #[derive(Serialize)]
-struct StoredOne {
-    key: Key,
+struct StoredOne<'a> {
+    key: &'a Key,
 }
 
 /// The answer to a batch: how many readings were stored, and their keys.
