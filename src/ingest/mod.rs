@@ -38,6 +38,8 @@ const MAX_COMBINED: usize = 20_000;
 /// A batch formed while another is being stored waits until it holds as
 /// many readings as that one, or this many, or until that one is stored.
 const OVERLAP_AT: usize = 1_000;
+// So a full batch never waits.
+const _: () = assert!(OVERLAP_AT <= MAX_COMBINED);
 
 struct Pending {
     readings: Vec<Reading>,
@@ -127,7 +129,7 @@ impl Batch {
     /// one costs a commit on every node for a few readings that the next
     /// write could have carried.
     fn worth_storing_beside(&self, storing: usize) -> bool {
-        storing == 0 || self.readings >= storing.min(OVERLAP_AT) || self.readings >= MAX_COMBINED
+        storing == 0 || self.readings >= storing.min(OVERLAP_AT)
     }
 }
 

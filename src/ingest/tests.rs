@@ -2,6 +2,7 @@
 //! state, not of a timeout.
 
 use std::pin::pin;
+use std::task::Poll;
 
 use futures::poll;
 
@@ -34,6 +35,15 @@ fn request(readings: usize) -> Pending {
     Pending { readings, reply }
 }
 
+/// The batch a poll of `next_batch` answered, or a failure saying why
+/// there should have been one.
+fn ready(poll: Poll<Option<Batch>>, why: &str) -> Batch {
+    match poll {
+        Poll::Ready(Some(batch)) => batch,
+        _ => panic!("no batch: {why}"),
+    }
+}
+
 fn sizes(batch: &Batch) -> Vec<usize> {
     batch.requests.iter().map(|p| p.readings.len()).collect()
 }
@@ -62,9 +72,10 @@ async fn beside_a_larger_batch_being_stored_a_small_one_waits_to_match_it() {
     sender.send(request(2)).expect("queue open");
     assert!(poll!(next.as_mut()).is_pending());
     sender.send(request(1)).expect("queue open");
-    let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
-        panic!("four readings match the four being stored");
-    };
+    let batch = ready(
+        poll!(next.as_mut()),
+        "four readings match the four being stored",
+    );
     assert_eq!(sizes(&batch), [1, 2, 1]);
     assert_eq!(shared.storing.load(Ordering::Acquire), 8);
 }
@@ -78,9 +89,7 @@ async fn a_waiting_batch_goes_once_the_batch_being_stored_is_done() {
     sender.send(request(1)).expect("queue open");
     assert!(poll!(next.as_mut()).is_pending());
     shared.finished(10);
-    let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
-        panic!("nothing is being stored any more");
-    };
+    let batch = ready(poll!(next.as_mut()), "nothing is being stored any more");
     assert_eq!(sizes(&batch), [1]);
     assert_eq!(shared.storing.load(Ordering::Acquire), 1);
 }
@@ -92,9 +101,10 @@ async fn a_batch_of_overlap_at_readings_goes_beside_any_other() {
     sender.send(request(OVERLAP_AT)).expect("queue open");
     let mut queue = shared.queue.lock().await;
     let mut next = pin!(shared.next_batch(&mut queue));
-    let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
-        panic!("a batch of OVERLAP_AT readings does not wait");
-    };
+    let batch = ready(
+        poll!(next.as_mut()),
+        "a batch of OVERLAP_AT readings does not wait",
+    );
     assert_eq!(sizes(&batch), [OVERLAP_AT]);
 }
 
@@ -108,9 +118,10 @@ async fn a_closed_queue_hands_over_the_waiting_batch_then_ends() {
         let mut next = pin!(shared.next_batch(&mut queue));
         assert!(poll!(next.as_mut()).is_pending());
         drop(sender);
-        let std::task::Poll::Ready(Some(batch)) = poll!(next.as_mut()) else {
-            panic!("closing the queue must not strand a waiting batch");
-        };
+        let batch = ready(
+            poll!(next.as_mut()),
+            "closing the queue must not strand a waiting batch",
+        );
         assert_eq!(sizes(&batch), [1]);
     }
     assert!(shared.next_batch(&mut queue).await.is_none());
