@@ -174,8 +174,8 @@ pub(super) struct NodeWriter {
     /// The open transaction's slice: the keys it merged, and the sweep after
     /// it (`None` when the pass is complete).
     slice: Option<(Vec<Key>, Option<Sweep>)>,
-    /// Sensors whose rows in `readings` the open transaction changed.
-    touched: BTreeSet<SensorId>,
+    /// What the writes of `readings` left besides their rows.
+    readings: ReadingsWrites,
     digests: Arc<DigestCache>,
     /// No record of this node, in `readings` or journaled, has a higher
     /// version. A new write's version is above it (versions come from one
@@ -183,10 +183,32 @@ pub(super) struct NodeWriter {
     /// On disk it is `high_water` (covering `readings`) together with the
     /// journal's own rows.
     newest: Version,
+}
+
+/// What every write of `readings` owes besides its rows, kept apart from
+/// the rest of the writer so that it can be updated while the records
+/// written are borrowed from the journal's maps.
+#[derive(Default)]
+struct ReadingsWrites {
+    /// Sensors whose rows the open transaction changed.
+    touched: BTreeSet<SensorId>,
     /// No record in `readings` has a higher version: `high_water` on disk,
     /// as the open transaction raises it (left raised if it rolls back,
     /// which only costs lookups).
-    newest_in_readings: Version,
+    newest: Version,
+}
+
+impl ReadingsWrites {
+    /// Upserts key-ordered `records` into `readings`, marks their sensors
+    /// touched and raises `high_water`, on disk and in `newest`. Answers the
+    /// rows changed.
+    fn upsert(&mut self, tx: &Transaction<'_>, records: &[&Record]) -> StorageResult<u64> {
+        mark_touched(&mut self.touched, records);
+        if let Some(highest) = raise_high_water(tx, records)? {
+            self.newest = self.newest.max(highest);
+        }
+        insert_chunked(tx, records, upsert_sql)
+    }
 }
 
 impl NodeWriter {
@@ -203,14 +225,13 @@ impl NodeWriter {
             merged: false,
             sweep: None,
             slice: None,
-            touched: BTreeSet::new(),
+            readings: ReadingsWrites::default(),
             digests,
             newest: Version::default(),
-            newest_in_readings: Version::default(),
         };
         let tx = connection.transaction()?;
-        writer.newest_in_readings = stored_high_water(&tx)?;
-        writer.newest = writer.newest_in_readings;
+        writer.readings.newest = stored_high_water(&tx)?;
+        writer.newest = writer.readings.newest;
         {
             let mut select = tx.prepare("SELECT sensor, ts, version, value, unit FROM journal")?;
             let mut rows = select.query([])?;
@@ -257,7 +278,7 @@ impl NodeWriter {
         version: Version,
     ) -> StorageResult<Option<Version>> {
         let journaled = self.journaled(pending, key).map(|r| r.version);
-        if version > self.newest_in_readings {
+        if version > self.readings.newest {
             return Ok(journaled);
         }
         // Both: a direct write may have superseded a journaled record.
@@ -309,13 +330,8 @@ impl NodeWriter {
         // Readings of many sensors arrive interleaved; inserting them in key
         // order walks the B-tree sequentially instead of seeking for every row.
         ordered.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let changed = write_readings(
-            tx,
-            &mut self.touched,
-            &mut self.newest_in_readings,
-            &ordered,
-        )?;
-        self.newest = self.newest.max(self.newest_in_readings);
+        let changed = self.readings.upsert(tx, &ordered)?;
+        self.newest = self.newest.max(self.readings.newest);
         Ok(changed)
     }
 
@@ -330,12 +346,7 @@ impl NodeWriter {
         // Already in key order: no sort. The journal's rows go, and
         // `high_water` covers their versions now (already below `newest`).
         let records = merge_sorted(&pending, &self.staged);
-        write_readings(
-            tx,
-            &mut self.touched,
-            &mut self.newest_in_readings,
-            &records,
-        )?;
+        self.readings.upsert(tx, &records)?;
         tx.execute("DELETE FROM journal", [])?;
         self.staged.clear();
         self.merged = true;
@@ -364,12 +375,7 @@ impl NodeWriter {
             up_to_seq,
             from: key.clone(),
         });
-        write_readings(
-            tx,
-            &mut self.touched,
-            &mut self.newest_in_readings,
-            &records,
-        )?;
+        self.readings.upsert(tx, &records)?;
         if next.is_none() {
             tx.prepare_cached("DELETE FROM journal WHERE seq <= ?1")?
                 .execute([up_to_seq])?;
@@ -400,22 +406,6 @@ fn stored_high_water(tx: &Transaction<'_>) -> StorageResult<Version> {
         }
     };
     Ok(Version(version as u64))
-}
-
-/// Upserts key-ordered `records` into `readings` with what every write of
-/// `readings` owes: their sensors marked touched and `high_water` raised,
-/// on disk and in `high_water_now`. Answers the rows changed.
-fn write_readings(
-    tx: &Transaction<'_>,
-    touched: &mut BTreeSet<SensorId>,
-    high_water_now: &mut Version,
-    records: &[&Record],
-) -> StorageResult<u64> {
-    mark_touched(touched, records);
-    if let Some(highest) = raise_high_water(tx, records)? {
-        *high_water_now = (*high_water_now).max(highest);
-    }
-    insert_chunked(tx, records, upsert_sql)
 }
 
 /// Keeps `high_water` at or above every version `records` put into
@@ -487,7 +477,7 @@ impl WriteExecutor for NodeWriter {
                 for s in sensors {
                     removed += delete.execute([s.as_str()])? as u64;
                 }
-                self.touched.extend(sensors.iter().cloned());
+                self.readings.touched.extend(sensors.iter().cloned());
                 Ok(removed)
             }
             NodeWrite::Merge => {
@@ -525,14 +515,15 @@ impl WriteExecutor for NodeWriter {
         }
         self.merged = false;
         // After the commit: a digest computed from then on sees the change.
-        self.digests.touch(std::mem::take(&mut self.touched));
+        self.digests
+            .touch(std::mem::take(&mut self.readings.touched));
     }
 
     fn rolled_back(&mut self) {
         self.staged.clear();
         self.merged = false;
         self.slice = None;
-        self.touched.clear();
+        self.readings.touched.clear();
     }
 
     fn chore(&self) -> Option<(Chore, NodeWrite)> {
@@ -770,14 +761,14 @@ mod tests {
             vec![value("a", 1, 10, 1.0), value("x", 1, 10, 1.0)],
         );
         run(&mut c, &mut writer, NodeWrite::Merge);
-        assert_eq!(writer.newest_in_readings, Version(10));
+        assert_eq!(writer.readings.newest, Version(10));
         apply(
             &mut c,
             &mut writer,
             vec![value("b", 1, 20, 1.0), value("x", 2, 20, 1.0)],
         );
         assert_eq!(
-            (writer.newest, writer.newest_in_readings),
+            (writer.newest, writer.readings.newest),
             (Version(20), Version(10))
         );
 
@@ -801,7 +792,7 @@ mod tests {
         assert_eq!(version("c"), Some(Version(12)));
 
         run(&mut c, &mut writer, NodeWrite::Merge);
-        assert_eq!(writer.newest_in_readings, Version(20));
+        assert_eq!(writer.readings.newest, Version(20));
         assert_eq!(version_in_readings(&c, "a", 1), Some(15));
         assert_eq!(version_in_readings(&c, "b", 1), Some(20));
         assert_eq!(version_in_readings(&c, "c", 1), Some(12));
