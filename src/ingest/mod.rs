@@ -63,11 +63,7 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(replicator: Arc<Replicator>, alerts: Arc<AlertService>) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
-        let shared = Arc::new(Batchers {
-            queue: Mutex::new(receiver),
-            storing: AtomicUsize::new(0),
-            stored: Notify::new(),
-        });
+        let shared = Arc::new(Batchers::new(receiver));
         for _ in 0..BATCHERS {
             tokio::spawn(batcher(shared.clone(), replicator.clone(), alerts.clone()));
         }
@@ -134,6 +130,14 @@ impl Batch {
 }
 
 impl Batchers {
+    fn new(queue: mpsc::UnboundedReceiver<Pending>) -> Self {
+        Self {
+            queue: Mutex::new(queue),
+            storing: AtomicUsize::new(0),
+            stored: Notify::new(),
+        }
+    }
+
     /// The next batch worth storing, counted as being stored; `None` once
     /// the queue is closed and empty.
     async fn next_batch(&self, queue: &mut mpsc::UnboundedReceiver<Pending>) -> Option<Batch> {

@@ -11,12 +11,7 @@ use crate::reading::Sample;
 
 fn batchers() -> (mpsc::UnboundedSender<Pending>, Batchers) {
     let (sender, receiver) = mpsc::unbounded_channel();
-    let shared = Batchers {
-        queue: Mutex::new(receiver),
-        storing: AtomicUsize::new(0),
-        stored: Notify::new(),
-    };
-    (sender, shared)
+    (sender, Batchers::new(receiver))
 }
 
 /// A request of `readings` readings (its reply is never read).
