@@ -98,8 +98,9 @@ rate() {
     awk '/Requests\/sec/ { printf "%d", $2 }' <<<"$out"
 }
 
+# The median of the sorted numbers on stdin.
 median() {
-    sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+    awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
 
 # "median (min-max)" of the numbers on stdin, in the printf format $1.
