@@ -1,5 +1,5 @@
 //! The one path from a validated reading to stored and alerted, whatever
-//! door it came in by (HTTP today; MQTT will use the same [`Ingestor`]).
+//! door it came in by: HTTP and MQTT both use the one [`Ingestor`].
 //!
 //! Concurrent ingests are coalesced: each call queues its readings and
 //! waits; a few batcher tasks take everything queued, store it as *one*
@@ -12,7 +12,7 @@
 //!
 //! Two batchers let one batch be planned and answered while another
 //! commits. But a batch formed while another is being stored waits until it
-//! holds as many readings as that one (or [`OVERLAP_AT`]), or until that one
+//! holds as many readings as that one (or `OVERLAP_AT`), or until that one
 //! is stored: each write commits on every node it touches, and a second write
 //! of two or three readings costs most of what one of ten does. Single-reading
 //! POSTs under `wrk -c32` went from 8 to 11 requests per batch, from 18.5 to
@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use crate::alerts::AlertService;
 use crate::alerts::engine::{Change, Transition};
 use crate::reading::{Key, Reading};
-use crate::replication::{ReplicationResult, Replicator};
+use crate::replication::{ReplicationError, ReplicationResult, Replicator};
 
 /// Batcher tasks: two keep both cores busy while one batch waits for its
 /// commits.
@@ -43,7 +43,16 @@ const _: () = assert!(OVERLAP_AT <= MAX_COMBINED);
 
 struct Pending {
     readings: Vec<Reading>,
-    reply: oneshot::Sender<ReplicationResult<()>>,
+    reply: oneshot::Sender<Result<(), Refused>>,
+}
+
+/// Readings the ingestor did not store, handed back with the reason, so a
+/// caller can keep them elsewhere without having cloned them beforehand.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ReplicationError,
+    /// Empty only when the ingestor stopped with the readings in hand.
+    pub readings: Vec<Reading>,
 }
 
 /// What the batchers share: the queue, and how many readings the batches
@@ -76,24 +85,31 @@ impl Ingestor {
     /// client retry would not help.
     pub async fn ingest(&self, readings: Vec<Reading>) -> ReplicationResult<Vec<Key>> {
         let keys: Vec<Key> = readings.iter().map(|r| r.key.clone()).collect();
+        self.try_ingest(readings).await.map_err(|r| r.error)?;
+        Ok(keys)
+    }
+
+    /// Like [`Self::ingest`], but answers nothing on success and hands the
+    /// readings back when they could not be stored.
+    pub async fn try_ingest(&self, readings: Vec<Reading>) -> Result<(), Refused> {
         let count = readings.len() as u64;
         let (reply, answer) = oneshot::channel();
-        let closed =
-            || crate::replication::ReplicationError::Storage(crate::storage::StorageError::Closed);
+        let closed = |readings| Refused {
+            error: ReplicationError::Storage(crate::storage::StorageError::Closed),
+            readings,
+        };
         self.queue
             .send(Pending { readings, reply })
-            .map_err(|_| closed())?;
-        match answer.await.map_err(|_| closed())? {
-            Ok(()) => {
-                metrics::counter!("energyguard_readings_accepted_total").increment(count);
-                Ok(keys)
-            }
-            Err(error) => {
+            .map_err(|unsent| closed(unsent.0.readings))?;
+        let result = answer.await.unwrap_or_else(|_| Err(closed(Vec::new())));
+        match &result {
+            Ok(()) => metrics::counter!("energyguard_readings_accepted_total").increment(count),
+            Err(_) => {
                 metrics::counter!("energyguard_readings_rejected_total", "reason" => "unavailable")
-                    .increment(count);
-                Err(error)
+                    .increment(count)
             }
         }
+        result
     }
 }
 
@@ -205,9 +221,16 @@ async fn store(replicator: &Replicator, alerts: &AlertService, batch: Vec<Pendin
         } else {
             replicator.put(pending.readings.clone()).await
         };
-        if result.is_ok() {
-            accepted.extend(pending.readings);
-        }
+        let result = match result {
+            Ok(()) => {
+                accepted.extend(pending.readings);
+                Ok(())
+            }
+            Err(error) => Err(Refused {
+                error,
+                readings: pending.readings,
+            }),
+        };
         replies.push((pending.reply, result));
     }
     match alerts.observe(&accepted).await {
