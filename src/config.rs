@@ -70,15 +70,13 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     pub client_id: String,
     pub share_group: String,
-    /// The embedded broker's in-memory window per subscription, in MiB: a
-    /// subscriber further behind than this loses messages.
+    /// The embedded broker's in-memory window per subscription, in MiB.
+    /// Publishers are held back once EnergyGuard is half of it behind.
     pub broker_memory_mb: usize,
     /// Largest MQTT message accepted, in bytes.
     pub max_payload_bytes: usize,
     /// Messages stored (and acknowledged) together at most.
     pub batch_messages: usize,
-    /// How long a batch waits for more messages, in milliseconds.
-    pub batch_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,7 +165,6 @@ impl Default for MqttConfig {
             broker_memory_mb: 512,
             max_payload_bytes: 1024 * 1024,
             batch_messages: 1_000,
-            batch_interval_ms: 20,
         }
     }
 }

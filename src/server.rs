@@ -14,16 +14,23 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::alerts::AlertService;
 use crate::config::{API_TOKEN_ENV, Config};
 use crate::http::auth::{Auth, GeneratedToken};
 use crate::http::{AppState, Services, router};
 use crate::ingest::Ingestor;
-use crate::mqtt::Topics;
+use crate::mqtt::backlog::Backlog;
 use crate::mqtt::broker::{self, BrokerSettings};
-use crate::mqtt::consumer::{self, ConsumerSettings, ConsumerStatus};
+use crate::mqtt::embedded::{self, LinkSettings};
+use crate::mqtt::external::{self, ConsumerSettings};
 use crate::mqtt::front_door::FrontDoor;
+use crate::mqtt::front_door::inbound::DoorRules;
+use crate::mqtt::intake::Intake;
+use crate::mqtt::outbox::{self, LinkSender, Outbox};
+use crate::mqtt::park::{self, Park};
+use crate::mqtt::{ConsumerStatus, Topics};
 use crate::replication::{PlacementSpec, ReplicationError, Replicator};
 use crate::storage::StorageError;
 
@@ -140,7 +147,14 @@ pub async fn run(
     }
     let stale_checks = tokio::spawn(check_stale_sensors(alerts.clone()));
     let (stop_mqtt, mqtt_stopping) = tokio::sync::watch::channel(false);
-    let mqtt = start_mqtt(&config.mqtt, ingestor.clone(), &alerts, mqtt_stopping).await?;
+    let mqtt = start_mqtt(
+        &config.mqtt,
+        &data_dir,
+        ingestor.clone(),
+        &alerts,
+        mqtt_stopping,
+    )
+    .await?;
 
     let state = AppState::new(Services {
         replicator: replicator.clone(),
@@ -148,7 +162,7 @@ pub async fn run(
         alerts: alerts.clone(),
         auth: Arc::new(auth),
         metrics: metrics_handle(),
-        mqtt: Some(mqtt.status),
+        mqtt: Some(mqtt.status.clone()),
         key_counts: Default::default(),
     });
     let app = router(state, config.http.max_body_bytes);
@@ -160,20 +174,7 @@ pub async fn run(
             tracing::info!("shutdown: no new requests; finishing requests in flight");
         })
         .await?;
-    if let Some(front_door) = mqtt.front_door {
-        tracing::info!("shutdown: closing MQTT connections; no new readings");
-        if !front_door.close(MQTT_STOP_TIMEOUT).await {
-            tracing::warn!("shutdown: the embedded broker kept connections open past the timeout");
-        }
-    }
-    tracing::info!("shutdown: stopping MQTT intake; storing and acknowledging what was received");
-    let _ = stop_mqtt.send(true);
-    if tokio::time::timeout(MQTT_STOP_TIMEOUT, mqtt.consumer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown: the MQTT consumer did not finish within 30 s");
-    }
+    mqtt.stop(stop_mqtt).await;
     stale_checks.abort();
     tracing::info!("shutdown: closing the alert store");
     alerts.close().await;
@@ -189,56 +190,165 @@ const MQTT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The running MQTT side.
 struct Mqtt {
     status: Arc<ConsumerStatus>,
-    consumer: tokio::task::JoinHandle<()>,
+    consumer: JoinHandle<()>,
+    alert_publisher: JoinHandle<()>,
+    flusher: JoinHandle<()>,
+    park: Arc<Park>,
     /// The embedded broker's relay, closed first at shutdown.
     front_door: Option<FrontDoor>,
 }
 
-/// Starts the embedded broker (when configured) and the consumer.
+impl Mqtt {
+    /// Stops intake (closing the front door first), stores what was
+    /// received, then stops the flusher and closes the park.
+    async fn stop(self, stop: tokio::sync::watch::Sender<bool>) {
+        if let Some(front_door) = self.front_door {
+            tracing::info!("shutdown: closing MQTT connections; no new readings");
+            if !front_door.close(MQTT_STOP_TIMEOUT).await {
+                tracing::warn!(
+                    "shutdown: the embedded broker kept connections open past the timeout"
+                );
+            }
+        }
+        tracing::info!("shutdown: stopping MQTT intake; storing what was received");
+        let _ = stop.send(true);
+        if tokio::time::timeout(MQTT_STOP_TIMEOUT, self.consumer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: the MQTT consumer did not finish within 30 s");
+        }
+        let _ = self.alert_publisher.await;
+        let _ = self.flusher.await;
+        self.park.close().await;
+    }
+}
+
+/// Starts the embedded broker (when configured), the consumer, the alert
+/// publisher and the flusher of parked readings.
 async fn start_mqtt(
     mqtt: &crate::config::MqttConfig,
+    data_dir: &std::path::Path,
     ingestor: Arc<Ingestor>,
     alerts: &AlertService,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Mqtt, ServeError> {
-    let mut settings = ConsumerSettings {
-        url: mqtt.url.clone().unwrap_or_default(),
-        credentials: mqtt
-            .username
-            .clone()
-            .map(|username| (username, mqtt.password.clone().unwrap_or_default())),
-        client_id: mqtt.client_id.clone(),
-        topics: Topics::new(&mqtt.topic_prefix),
-        share_group: mqtt.share_group.clone(),
-        batch_messages: mqtt.batch_messages,
-        batch_interval: Duration::from_millis(mqtt.batch_interval_ms),
-        max_packet_bytes: mqtt.max_payload_bytes + 1024,
-        drain_marker: None,
+    let topics = Topics::new(&mqtt.topic_prefix);
+    let park = Arc::new(Park::open(data_dir)?);
+    let flusher = park::spawn_flusher(park.clone(), ingestor.clone(), stopping.clone());
+    let (status, consumer, outbox, front_door) = if mqtt.embedded {
+        start_embedded(mqtt, &topics, ingestor, park.clone(), stopping.clone()).await?
+    } else {
+        let settings = ConsumerSettings {
+            url: mqtt.url.clone().unwrap_or_default(),
+            credentials: mqtt
+                .username
+                .clone()
+                .map(|username| (username, mqtt.password.clone().unwrap_or_default())),
+            client_id: mqtt.client_id.clone(),
+            filter: topics.readings_filter(&mqtt.share_group),
+            batch_messages: mqtt.batch_messages,
+            max_packet_bytes: mqtt.max_payload_bytes + 1024,
+        };
+        let connection = external::connect(&settings)?;
+        let outbox = Outbox::Client(connection.client.clone());
+        let status = Arc::new(ConsumerStatus::new(park.clone(), None));
+        let intake = Intake {
+            topics: topics.clone(),
+            ingestor,
+            park: park.clone(),
+            outbox: outbox.clone(),
+        };
+        let consumer = external::spawn(
+            settings,
+            connection,
+            intake,
+            status.clone(),
+            stopping.clone(),
+        );
+        (status, consumer, outbox, None)
     };
-    let mut front_door = None;
-    if mqtt.embedded {
-        if mqtt.url.is_some() {
-            tracing::warn!("mqtt.url is ignored while mqtt.embedded is true");
-        }
-        let broker = broker::start(&BrokerSettings {
-            listen: mqtt.listen,
-            max_payload_bytes: mqtt.max_payload_bytes,
-            memory_mb: mqtt.broker_memory_mb,
-        })
-        .await?;
-        settings.url = format!("mqtt://{}", broker.internal);
-        settings.drain_marker = Some(settings.topics.drain_marker());
-        // The embedded broker never has more unacknowledged messages out:
-        // store as soon as that many arrived rather than wait for more.
-        settings.batch_messages = settings.batch_messages.min(broker::OUTGOING_INFLIGHT);
-        front_door = Some(broker.front_door);
-    }
-    let (status, consumer) = consumer::spawn(settings, ingestor, alerts.subscribe(), stopping)?;
+    let alert_publisher =
+        outbox::spawn_alert_publisher(topics, outbox, alerts.subscribe(), stopping);
     Ok(Mqtt {
         status,
         consumer,
+        alert_publisher,
+        flusher,
+        park,
         front_door,
     })
+}
+
+/// The embedded broker, its in-process consumer, and its front door,
+/// opened once the consumer is subscribed (so no reading published through
+/// it finds nobody subscribed).
+async fn start_embedded(
+    mqtt: &crate::config::MqttConfig,
+    topics: &Topics,
+    ingestor: Arc<Ingestor>,
+    park: Arc<Park>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<
+    (
+        Arc<ConsumerStatus>,
+        JoinHandle<()>,
+        Outbox,
+        Option<FrontDoor>,
+    ),
+    ServeError,
+> {
+    if mqtt.url.is_some() {
+        tracing::warn!("mqtt.url is ignored while mqtt.embedded is true");
+    }
+    if !mqtt.share_group.is_empty() {
+        tracing::warn!("mqtt.share_group is ignored while mqtt.embedded is true");
+    }
+    let settings = BrokerSettings {
+        listen: mqtt.listen,
+        max_payload_bytes: mqtt.max_payload_bytes,
+        memory_mb: mqtt.broker_memory_mb,
+        client_id: mqtt.client_id.clone(),
+    };
+    let broker = broker::start(&settings).await?;
+    let filter = topics.readings_filter("");
+    let outbox = Outbox::Link(LinkSender::start(broker.link_tx, &filter)?);
+    let backlog = Arc::new(Backlog::new(settings.safe_backlog_bytes()));
+    let status = Arc::new(ConsumerStatus::new(park.clone(), Some(backlog.clone())));
+    let intake = Intake {
+        topics: topics.clone(),
+        ingestor,
+        park,
+        outbox: outbox.clone(),
+    };
+    let consumer = embedded::spawn(
+        broker.link_rx,
+        intake,
+        backlog.clone(),
+        status.clone(),
+        LinkSettings {
+            batch_messages: mqtt.batch_messages,
+            drain_marker: topics.drain_marker(),
+        },
+        stopping,
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !status.subscribed() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(ServeError::Broker(broker::BrokerError::Listen {
+                listen: mqtt.listen,
+                reason: "its in-process link was not subscribed within 10 s".into(),
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rules = Arc::new(DoorRules {
+        readings_filter: filter,
+        reserved_client_id: mqtt.client_id.clone(),
+        max_packet_bytes: mqtt.max_payload_bytes + 1024,
+        backlog,
+    });
+    Ok((status, consumer, outbox, Some(broker.door.open(rules))))
 }
 
 /// How often silent sensors are looked for (`stale_after` is at least 1 s).

@@ -134,7 +134,12 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "nodes": {"up": count(NodeStatus::Up), "down": count(NodeStatus::Down), "recovering": count(NodeStatus::Recovering)},
         "rebalancing": state.replicator.rebalance_progress().is_some(),
-        "mqtt": state.mqtt.as_ref().map(|m| json!({"connected": m.connected(), "subscribed": m.subscribed()})),
+        "mqtt": state.mqtt.as_ref().map(|m| json!({
+            "connected": m.connected(),
+            "subscribed": m.subscribed(),
+            "parked": m.parked(),
+            "backlog_bytes": m.backlog_bytes(),
+        })),
     }))
 }
 

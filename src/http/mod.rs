@@ -46,7 +46,7 @@ pub struct Services {
     pub auth: Arc<Auth>,
     pub metrics: PrometheusHandle,
     /// The MQTT consumer's connection, when one runs.
-    pub mqtt: Option<Arc<crate::mqtt::consumer::ConsumerStatus>>,
+    pub mqtt: Option<Arc<crate::mqtt::ConsumerStatus>>,
     /// Node key counts for `/metrics`, taken at most every few seconds.
     pub key_counts: admin::KeyCounts,
 }

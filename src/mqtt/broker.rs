@@ -4,28 +4,32 @@
 //! its own OS thread for the life of the process, on a private loopback
 //! port. Clients reach it through the [`FrontDoor`] relay on `mqtt.listen`,
 //! which we bind ourselves (a taken port is a clear start-up error; rumqttd
-//! would only log it) and can close at shutdown.
+//! would only log it) and can close at shutdown. EnergyGuard itself reaches
+//! it in-process, through a link (`rumqttd::local`) made before the broker
+//! starts: no socket, no PUBACK round trip.
 //!
 //! Its one sharp edge that loses data: a subscriber that falls further behind
 //! than the router's in-memory window (`max_segment_size × max_segment_count`)
 //! silently skips messages the publishers were already told were received.
-//! The window is sized from `mqtt.broker_memory_mb`; the consumer stays ahead
-//! of it by batching, and the README documents the limit.
+//! The window is sized from `mqtt.broker_memory_mb`, and the front door keeps
+//! the readings consumer's backlog under half of it
+//! ([`crate::mqtt::backlog`]).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use tokio::net::TcpListener;
 
 use super::front_door::FrontDoor;
+use super::front_door::inbound::DoorRules;
 
-/// rumqttd sends a subscriber at most this many unacknowledged QoS 1
-/// messages (a constant in its router, not configurable): a consumer that
-/// acknowledges after storing gets at most this many per store.
-pub const OUTGOING_INFLIGHT: usize = 100;
-
-/// Segments the window is split into.
+/// Segments the window is split into. rumqttd drops the oldest segment only
+/// once all are full, so a subscriber less than `SEGMENTS - 1` segments
+/// behind never skips.
 const SEGMENTS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +48,25 @@ pub struct BrokerSettings {
     pub max_payload_bytes: usize,
     /// The per-subscription in-memory window, in MiB.
     pub memory_mb: usize,
+    /// The in-process link's client id (EnergyGuard's own).
+    pub client_id: String,
+}
+
+impl BrokerSettings {
+    /// One segment of the window, in bytes.
+    fn segment_bytes(&self) -> usize {
+        (self.memory_mb.max(SEGMENTS) * 1024 * 1024) / SEGMENTS
+    }
+
+    /// How far the readings consumer may fall behind without ever being
+    /// skipped: half the window.
+    pub fn safe_backlog_bytes(&self) -> usize {
+        self.segment_bytes() * SEGMENTS / 2
+    }
 }
 
 fn config(settings: &BrokerSettings, internal: SocketAddr) -> Config {
-    let segment = (settings.memory_mb.max(SEGMENTS) * 1024 * 1024) / SEGMENTS;
+    let segment = settings.segment_bytes();
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: settings.max_payload_bytes,
@@ -79,18 +98,31 @@ fn config(settings: &BrokerSettings, internal: SocketAddr) -> Config {
     }
 }
 
-/// The running embedded broker.
+/// The running embedded broker, its front door not yet open.
 pub struct EmbeddedBroker {
-    /// Where rumqttd itself listens (loopback, private): the consumer's
-    /// address, so closing the front door does not close the consumer.
-    pub internal: SocketAddr,
-    /// The relay on `mqtt.listen` that every other client goes through.
-    pub front_door: FrontDoor,
+    /// EnergyGuard's in-process connection to the broker.
+    pub link_tx: LinkTx,
+    pub link_rx: LinkRx,
+    pub door: ClosedDoor,
+}
+
+/// `mqtt.listen`, bound, and where rumqttd itself listens (loopback,
+/// private): clients wait in the listen queue until the door opens.
+pub struct ClosedDoor {
+    public: TcpListener,
+    internal: SocketAddr,
+}
+
+impl ClosedDoor {
+    /// Starts relaying clients to the broker.
+    pub fn open(self, rules: Arc<DoorRules>) -> FrontDoor {
+        FrontDoor::open(self.public, self.internal, rules)
+    }
 }
 
 /// Binds `mqtt.listen`, starts rumqttd on its own thread on a private
-/// loopback port, waits until it accepts connections, then opens the front
-/// door.
+/// loopback port with EnergyGuard's link to it, and waits until it accepts
+/// connections.
 pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
     let listen = settings.listen;
     let error = |reason: String| BrokerError::Listen { listen, reason };
@@ -101,23 +133,38 @@ pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerEr
         .and_then(|probe| probe.local_addr())
         .map_err(|e| error(format!("no free loopback port for the broker: {e}")))?;
     let config = config(settings, internal);
+    let client_id = settings.client_id.clone();
+    let (linked, link) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
             let mut broker = Broker::new(config);
+            // The router runs from `new` on; the link must exist before
+            // `start`, which never returns.
+            let made = broker.link(&client_id).map_err(|e| e.to_string());
+            let failed = made.is_err();
+            let _ = linked.send(made);
+            if failed {
+                return;
+            }
             match broker.start() {
                 Ok(()) => tracing::error!("the embedded MQTT broker stopped"),
                 Err(error) => tracing::error!(%error, "the embedded MQTT broker failed"),
             }
         })
         .map_err(|e| error(e.to_string()))?;
+    let (link_tx, link_rx) = link
+        .await
+        .map_err(|_| error("its thread ended before linking".into()))?
+        .map_err(|e| error(format!("no in-process link: {e}")))?;
     if !accepts_connections(internal, Duration::from_secs(10)).await {
         return Err(error("it did not accept connections within 10 s".into()));
     }
     tracing::info!(%listen, window_mb = settings.memory_mb, "embedded MQTT broker listening");
     Ok(EmbeddedBroker {
-        internal,
-        front_door: FrontDoor::open(public, internal),
+        link_tx,
+        link_rx,
+        door: ClosedDoor { public, internal },
     })
 }
 

@@ -1,14 +1,32 @@
-//! MQTT (SPEC §4): the embedded broker ([`broker`]), the consumer that turns
-//! published readings into stored ones and publishes alerts ([`consumer`]),
-//! and here the pure parts: topic names and payload parsing.
+//! MQTT: readings in on `P/readings/<sensor_id>`, alerts out on
+//! `P/alerts/<sensor_id>`, dead letters on `P/deadletter`.
 //!
-//! Readings arrive on `P/readings/<sensor_id>` as a JSON reading object, a
-//! JSON array of them, or a bare number. Anything that cannot be stored goes
-//! to `P/deadletter` as `{"topic", "payload", "error"}`.
+//! * [`broker`]: the embedded broker (rumqttd) and its [`front_door`] on
+//!   `mqtt.listen`, which keeps the readings [`backlog`] within what the
+//!   broker holds;
+//! * [`embedded`]: the consumer of the embedded broker, in-process;
+//!   [`external`]: the consumer of an external broker, QoS 1, acknowledging
+//!   after storage;
+//! * [`intake`]: what both do with received messages (retained copies,
+//!   parsing, dead letters, store or [`park`]);
+//! * [`outbox`]: what EnergyGuard publishes (alerts, dead letters);
+//! * here: topic names, payload parsing, and the consumer's status.
+//!
+//! Readings arrive as a JSON reading object, a JSON array of them, or a bare
+//! number. Anything that cannot be stored goes to `P/deadletter` as
+//! `{"topic", "payload", "error"}`.
 
+pub mod backlog;
 pub mod broker;
-pub mod consumer;
+pub mod embedded;
+pub mod external;
 pub mod front_door;
+pub mod intake;
+pub mod outbox;
+pub mod park;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rumqttc::MqttOptions;
 use serde_json::Value;
@@ -19,6 +37,58 @@ use crate::reading::{Reading, SensorId};
 /// Resolves once `flag` is true (a stop signal), or when its sender is gone.
 async fn signalled(flag: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
+}
+
+/// Whether the consumer is connected and subscribed, and what waits in the
+/// park and the embedded broker's backlog, for `/healthz` and `/metrics`.
+/// Until the first subscription of a new session is in place, the broker
+/// delivers readings published on `P/readings/+` to nobody.
+pub struct ConsumerStatus {
+    connected: AtomicBool,
+    subscribed: AtomicBool,
+    park: Arc<park::Park>,
+    backlog: Option<Arc<backlog::Backlog>>,
+}
+
+impl ConsumerStatus {
+    pub fn new(park: Arc<park::Park>, backlog: Option<Arc<backlog::Backlog>>) -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            park,
+            backlog,
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Readings parked until their sensors' quorum is back.
+    pub fn parked(&self) -> u64 {
+        self.park.total()
+    }
+
+    /// Bytes of readings the embedded broker accepted and EnergyGuard has
+    /// not stored yet; `None` with an external broker.
+    pub fn backlog_bytes(&self) -> Option<usize> {
+        self.backlog.as_ref().map(|b| b.used())
+    }
+
+    /// A (re)connection starts without a subscription.
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.subscribed.store(false, Ordering::Relaxed);
+        metrics::gauge!("energyguard_mqtt_connected").set(if connected { 1.0 } else { 0.0 });
+    }
+
+    fn set_subscribed(&self) {
+        self.subscribed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Readings in one MQTT message at most (the HTTP batch limit too).
@@ -87,7 +157,7 @@ impl Topics {
     }
 
     /// A readings topic no sensor uses, unique to this process: the
-    /// consumer's shutdown marker (see [`consumer`]).
+    /// consumer's shutdown marker (see [`embedded`]).
     pub fn drain_marker(&self) -> String {
         format!(
             "{}/readings/energyguard-drain-{:016x}",
