@@ -237,3 +237,25 @@ async fn credentials_come_from_the_url_or_the_config_and_wrong_ones_are_reported
     let (_, health) = s.get("/healthz").await;
     assert_eq!(health["mqtt"]["connected"], false, "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_readings_are_stored_once_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Mosquitto::start(dir.path());
+    common::mqtt_scenarios::retained_readings_are_stored_once(
+        || Service::start_with_broker(dir.path(), broker.port),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_reading_survives_a_sigkill_and_is_stored_once_after_recovery() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Mosquitto::start(dir.path());
+    common::mqtt_scenarios::a_sensor_without_quorum_never_holds_back_another(
+        || Service::start_with_broker(dir.path(), broker.port),
+        true,
+    )
+    .await;
+}

@@ -4,6 +4,7 @@
 
 pub mod mosquitto;
 pub mod mqtt_client;
+pub mod mqtt_scenarios;
 pub mod service;
 
 use std::collections::BTreeMap;

@@ -66,6 +66,14 @@ impl Client {
             .expect("publish");
     }
 
+    /// Publishes a retained message (QoS 1).
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
+            .await
+            .expect("publish");
+    }
+
     /// Publishes reading `i` of `sensor`: value `i`, at `t0_ms + i` ms.
     pub async fn publish_reading(&self, sensor: &str, t0_ms: i64, i: i64) {
         let payload = format!(

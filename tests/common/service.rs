@@ -61,6 +61,17 @@ impl Service {
         )
     }
 
+    /// [`Self::start_in`] with more keys of the `[mqtt]` section.
+    pub fn start_in_with_mqtt(dir: &Path, mqtt: &str) -> Self {
+        let mqtt_port = free_port();
+        Self::start(
+            dir,
+            mqtt_port,
+            &format!("listen = \"127.0.0.1:{mqtt_port}\"\n{mqtt}"),
+            "",
+        )
+    }
+
     /// Starts the service consuming from an external broker on `broker_port`.
     pub fn start_with_broker(dir: &Path, broker_port: u16) -> Self {
         Self::start_with_broker_as(
