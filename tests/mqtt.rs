@@ -429,3 +429,55 @@ async fn no_client_may_take_energyguards_own_client_id() {
     meter.publish_reading("after", T0, 1).await;
     wait_for_count(&s, "/sensor/after/history", 1).await;
 }
+
+/// A reading of a parked sensor that arrives once the quorum is back, but
+/// before the parked ones are stored, waits behind them: the alert engine
+/// sees the sensor's readings in order (150 fires, then 50 resolves; the
+/// other way round, the older 150 would be late and raise nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_sensors_later_readings_wait_behind_its_parked_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    s.post(
+        "/configure_replication",
+        json!({"strategy": "consistent", "replication_factor": 2, "write_quorum": 2}),
+    )
+    .await;
+    s.admin(Method::POST, "/fail_node/node2").await;
+    let (blocked, _) = common::mqtt_scenarios::sensors_on_and_off(&s, "node2").await;
+    s.post(
+        "/set_threshold",
+        json!({"sensor_id": blocked, "max": 100, "hysteresis": 0}),
+    )
+    .await;
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    let topic = format!("energyguard/readings/{blocked}");
+    meter
+        .publish(
+            &topic,
+            json!({"timestamp": T0 / 1000, "value": 150}).to_string(),
+        )
+        .await;
+    common::wait_until(Duration::from_secs(5), || async {
+        let (_, health) = s.call(Method::GET, "/healthz", None, None).await;
+        health["mqtt"]["parked"] == 1
+    })
+    .await;
+    let (status, _) = s.admin(Method::POST, "/recover_node/node2").await;
+    assert_eq!(status, StatusCode::OK);
+    meter
+        .publish(
+            &topic,
+            json!({"timestamp": T0 / 1000 + 1, "value": 50}).to_string(),
+        )
+        .await;
+    wait_for_count(&s, &format!("/sensor/{blocked}/history"), 2).await;
+    let alerts = wait_for_count(&s, &format!("/alerts?sensor_id={blocked}"), 1).await;
+    common::wait_until(Duration::from_secs(5), || async {
+        let (_, alerts) = s.get(&format!("/alerts?sensor_id={blocked}")).await;
+        alerts[0]["state"] == "resolved"
+    })
+    .await;
+    assert_eq!(alerts[0]["value"], 150.0, "{alerts}");
+}

@@ -97,7 +97,7 @@ pub async fn retained_readings_are_stored_once(
 
 /// The first sensors `q0, q1, …` with `node` among their replicas and
 /// without it.
-async fn sensors_on_and_off(s: &Service, node: &str) -> (String, String) {
+pub async fn sensors_on_and_off(s: &Service, node: &str) -> (String, String) {
     let (mut on, mut off) = (None, None);
     for i in 0..500 {
         let sensor = format!("q{i}");
