@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::backlog::{Backlog, message_size};
+use rumqttd::protocol::Publish;
+
 use super::intake::{Intake, Message};
 use super::{ConsumerStatus, signalled};
 
@@ -71,7 +73,7 @@ pub fn spawn(
 
 /// Moves what the broker hands the link to the writer, a round at a time,
 /// until the link or the writer is gone.
-fn read(mut link: LinkRx, rounds: mpsc::Sender<Vec<Message>>, status: &ConsumerStatus) {
+fn read(mut link: LinkRx, rounds: mpsc::Sender<Vec<Publish>>, status: &ConsumerStatus) {
     loop {
         let mut next = match link.recv() {
             Ok(notification) => notification,
@@ -85,11 +87,7 @@ fn read(mut link: LinkRx, rounds: mpsc::Sender<Vec<Message>>, status: &ConsumerS
         let mut paused = false;
         while let Some(notification) = next {
             match notification {
-                Notification::Forward(forward) => round.push(Message {
-                    topic: String::from_utf8_lossy(&forward.publish.topic).into_owned(),
-                    payload: forward.publish.payload,
-                    retain: forward.publish.retain,
-                }),
+                Notification::Forward(forward) => round.push(forward.publish),
                 // The link publishes at QoS 0: its only acknowledgement is
                 // the SUBACK of its subscription.
                 Notification::DeviceAck(_) => {
@@ -117,7 +115,7 @@ fn read(mut link: LinkRx, rounds: mpsc::Sender<Vec<Message>>, status: &ConsumerS
 }
 
 async fn write(
-    mut inbox: mpsc::Receiver<Vec<Message>>,
+    mut inbox: mpsc::Receiver<Vec<Publish>>,
     intake: Intake,
     backlog: Arc<Backlog>,
     status: Arc<ConsumerStatus>,
@@ -148,15 +146,26 @@ async fn write(
             }
         }
         // Nothing a client published comes after the marker.
-        let marker = batch.iter().position(|m| m.topic == settings.drain_marker);
+        let marker = batch
+            .iter()
+            .position(|p| p.topic == settings.drain_marker.as_bytes());
         if let Some(at) = marker {
             batch.truncate(at);
         }
         let bytes: usize = batch
             .iter()
-            .map(|m| message_size(m.topic.len(), m.payload.len()))
+            .map(|p| message_size(p.topic.len(), p.payload.len()))
             .sum();
-        if let Err(error) = intake.take(&batch).await {
+        // The codec admits only UTF-8 topics; an empty one is a dead letter.
+        let messages: Vec<Message> = batch
+            .iter()
+            .map(|p| Message {
+                topic: std::str::from_utf8(&p.topic).unwrap_or_default(),
+                payload: &p.payload,
+                retain: p.retain,
+            })
+            .collect();
+        if let Err(error) = intake.take(&messages).await {
             tracing::error!(%error, "MQTT readings can no longer be stored; the consumer stops");
             return;
         }

@@ -182,8 +182,8 @@ async fn writer(
         let messages: Vec<Message> = batch
             .iter()
             .map(|p| Message {
-                topic: p.topic.clone(),
-                payload: p.payload.clone(),
+                topic: &p.topic,
+                payload: &p.payload,
                 retain: p.retain,
             })
             .collect();

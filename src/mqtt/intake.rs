@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::join_all;
 
 use super::outbox::Outbox;
@@ -36,11 +35,12 @@ use crate::reading::{Reading, SensorId, now_ms};
 /// The longest wait between tries to park readings on a failing disk.
 const MAX_PARK_BACKOFF: Duration = Duration::from_secs(5);
 
-/// One received message.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub topic: String,
-    pub payload: Bytes,
+/// One received message, borrowed from the client's or the link's own
+/// packet (no copy per message).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
     /// Set on the copy a broker hands out because a subscription was made.
     pub retain: bool,
 }
@@ -61,7 +61,7 @@ pub struct Intake {
 impl Intake {
     /// Stores or parks every reading of `messages`, publishes their dead
     /// letters, and skips retained copies.
-    pub async fn take(&self, messages: &[Message]) -> Result<(), Stopped> {
+    pub async fn take(&self, messages: &[Message<'_>]) -> Result<(), Stopped> {
         let received = now_ms();
         let mut readings = Vec::new();
         let mut dead = Vec::new();
@@ -73,10 +73,10 @@ impl Intake {
             }
             match self
                 .topics
-                .parse_message(&message.topic, &message.payload, received)
+                .parse_message(message.topic, message.payload, received)
             {
                 Ok(parsed) => readings.extend(parsed),
-                Err(error) => dead.push(dead_letter(&message.topic, &message.payload, &error)),
+                Err(error) => dead.push(dead_letter(message.topic, message.payload, &error)),
             }
         }
         self.store_or_park(readings).await?;
