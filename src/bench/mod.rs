@@ -179,9 +179,7 @@ async fn external_broker(p: &Parameters) -> Result<Option<report::ExternalBroker
         return Ok(None);
     };
     let raw_messages_per_s = workloads::broker_raw_rate(broker.port, p).await?;
-    let service =
-        ServiceProcess::start_external(dir.path(), STRATEGIES[1].1, broker.port, mosquitto::WINDOW)
-            .await?;
+    let service = ServiceProcess::start_external(dir.path(), STRATEGIES[1].1, broker.port).await?;
     let mqtt_readings_per_s = workloads::mqtt_rate(&service, p, 1).await?;
     Ok(Some(report::ExternalBroker {
         broker: broker.version.clone(),

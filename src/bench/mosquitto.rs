@@ -12,7 +12,9 @@ use super::service::free_port;
 use crate::mqtt::broker::accepts_connections;
 
 /// Unacknowledged QoS 1 messages mosquitto may send one subscriber (its
-/// `max_inflight_messages`), and so EnergyGuard's `mqtt.batch_messages`.
+/// `max_inflight_messages`), EnergyGuard's default
+/// `mqtt.batch_messages`: batches settle at about half of it, so mosquitto
+/// keeps sending while one is stored.
 pub const WINDOW: usize = 1_000;
 
 pub struct Mosquitto {

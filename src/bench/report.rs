@@ -27,8 +27,7 @@ pub struct Results {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExternalBroker {
     pub broker: String,
-    /// mosquitto's `max_inflight_messages`, and EnergyGuard's
-    /// `mqtt.batch_messages`.
+    /// mosquitto's `max_inflight_messages`.
     pub in_flight_window: usize,
     pub raw_messages_per_s: f64,
     /// One reading per message, publisher to durably stored.
@@ -277,12 +276,19 @@ impl Results {
             ),
             None => "external broker: mosquitto is not installed, not measured\n".into(),
         };
+        let raw = self.limits.broker_raw_messages_per_s.max(1.0);
+        let mqtt_ratios: Vec<String> = self
+            .strategies
+            .iter()
+            .map(|s| format!("{} {:.2}", s.strategy, s.write.mqtt_readings_per_s / raw))
+            .collect();
         format!(
             "{table}\nlimits measured in the same run: empty axum handler {} req/s; \
-             embedded broker QoS 1 pub→sub {} msg/s\n\
+             embedded broker QoS 1 pub→sub {} msg/s (MQTT 1 reading per message against it: {})\n\
              rebalance consistent RF 1 → full: {} readings in {:.0} ms ({} readings/s)\n{external}",
             count(self.limits.http_empty_handler_per_s),
             count(self.limits.broker_raw_messages_per_s),
+            mqtt_ratios.join(", "),
             count(self.rebalance.readings as f64),
             self.rebalance.ms,
             count(self.rebalance.readings_per_s),

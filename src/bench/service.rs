@@ -46,17 +46,13 @@ impl ServiceProcess {
         Self::start_with(dir, replication, mqtt_port, &mqtt).await
     }
 
-    /// The same, consuming from the external broker on `broker_port`, in
-    /// batches of `batch_messages`.
+    /// The same, consuming from the external broker on `broker_port`.
     pub async fn start_external(
         dir: &Path,
         replication: &str,
         broker_port: u16,
-        batch_messages: usize,
     ) -> Result<Self, BenchError> {
-        let mqtt = format!(
-            "embedded = false\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nbatch_messages = {batch_messages}"
-        );
+        let mqtt = format!("embedded = false\nurl = \"mqtt://127.0.0.1:{broker_port}\"");
         Self::start_with(dir, replication, broker_port, &mqtt).await
     }
 
