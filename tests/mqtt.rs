@@ -293,6 +293,19 @@ async fn publish_until_disconnected(port: u16) -> Vec<i64> {
     acknowledged
 }
 
+/// Starts [`publish_until_disconnected`] and waits (up to 12 s) until
+/// `count` of its readings are stored.
+async fn stream_until_stored(s: &Service, count: u64) -> tokio::task::JoinHandle<Vec<i64>> {
+    let publisher = tokio::spawn(publish_until_disconnected(s.mqtt_port));
+    for _ in 0..600 {
+        if s.copies().await / 2 >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publisher
+}
+
 /// The readings of `sensors` (`s0..`) stored, by value.
 async fn stored_values(s: &Service, sensors: usize) -> std::collections::HashSet<i64> {
     let mut stored = std::collections::HashSet::new();
@@ -317,13 +330,7 @@ async fn sigkill_mid_stream_loses_at_most_the_backlog_bound() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in_with_mqtt(dir.path(), "broker_memory_mb = 16");
     s.wait_subscribed().await;
-    let publisher = tokio::spawn(publish_until_disconnected(s.mqtt_port));
-    for _ in 0..600 {
-        if s.copies().await / 2 >= 20_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let publisher = stream_until_stored(&s, 20_000).await;
     s.kill();
     let acknowledged = publisher.await.expect("publisher");
     let s = Service::start_in(dir.path(), "");
@@ -354,13 +361,7 @@ async fn sigterm_mid_stream_stores_every_reading_the_embedded_broker_acknowledge
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
     s.wait_subscribed().await;
-    let publisher = tokio::spawn(publish_until_disconnected(s.mqtt_port));
-    for _ in 0..600 {
-        if s.copies().await / 2 >= 3_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let publisher = stream_until_stored(&s, 3_000).await;
     let (status, log) = tokio::task::spawn_blocking(move || s.terminate_with_log())
         .await
         .expect("terminate");
@@ -439,13 +440,7 @@ async fn a_parked_sensors_later_readings_wait_behind_its_parked_ones() {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = Service::start_in(dir.path(), "");
     s.wait_subscribed().await;
-    s.post(
-        "/configure_replication",
-        json!({"strategy": "consistent", "replication_factor": 2, "write_quorum": 2}),
-    )
-    .await;
-    s.admin(Method::POST, "/fail_node/node2").await;
-    let (blocked, _) = common::mqtt_scenarios::sensors_on_and_off(&s, "node2").await;
+    let (blocked, _) = common::mqtt_scenarios::fail_node2_under_quorum_2(&s).await;
     s.post(
         "/set_threshold",
         json!({"sensor_id": blocked, "max": 100, "hysteresis": 0}),

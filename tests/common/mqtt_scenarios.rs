@@ -95,9 +95,24 @@ pub async fn retained_readings_are_stored_once(
     }
 }
 
+/// Sets write quorum 2 (consistent, RF 2) and fails node2; answers a sensor
+/// that then lacks its quorum and one that does not.
+pub async fn fail_node2_under_quorum_2(s: &Service) -> (String, String) {
+    let (status, body) = s
+        .post(
+            "/configure_replication",
+            json!({"strategy": "consistent", "replication_factor": 2, "write_quorum": 2}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = s.admin(Method::POST, "/fail_node/node2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sensors_on_and_off(s, "node2").await
+}
+
 /// The first sensors `q0, q1, …` with `node` among their replicas and
 /// without it.
-pub async fn sensors_on_and_off(s: &Service, node: &str) -> (String, String) {
+async fn sensors_on_and_off(s: &Service, node: &str) -> (String, String) {
     let (mut on, mut off) = (None, None);
     for i in 0..500 {
         let sensor = format!("q{i}");
@@ -128,16 +143,7 @@ pub async fn a_sensor_without_quorum_never_holds_back_another(
 ) {
     let mut s = start();
     s.wait_subscribed().await;
-    let (status, body) = s
-        .post(
-            "/configure_replication",
-            json!({"strategy": "consistent", "replication_factor": 2, "write_quorum": 2}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = s.admin(Method::POST, "/fail_node/node2").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (blocked, healthy) = sensors_on_and_off(&s, "node2").await;
+    let (blocked, healthy) = fail_node2_under_quorum_2(&s).await;
 
     let meter = connect(s.mqtt_port, "quorum-meter", &[]).await;
     meter.publish_reading(&blocked, T0, 1).await;
