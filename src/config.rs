@@ -77,6 +77,37 @@ pub struct MqttConfig {
     pub max_payload_bytes: usize,
     /// Messages stored (and acknowledged) together at most.
     pub batch_messages: usize,
+    /// Client connections to the embedded broker at most; more are refused
+    /// at once.
+    pub max_connections: usize,
+    /// Accept clients without credentials on a non-loopback `listen`.
+    pub allow_anonymous: bool,
+    /// The embedded broker's users. With none, only anonymous clients, and
+    /// only while the broker listens on loopback or `allow_anonymous` is set.
+    pub users: Vec<MqttUser>,
+}
+
+/// A user of the embedded broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    pub username: String,
+    /// An argon2 hash in PHC form, as `energyguard hash-password` prints.
+    pub password_hash: String,
+    pub role: MqttRole,
+}
+
+/// What a broker user may do (the topic rights are in
+/// `mqtt::front_door::rights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttRole {
+    /// Publishes readings.
+    Meter,
+    /// Subscribes to alerts and dead letters.
+    Watcher,
+    /// Publishes readings and subscribes to anything.
+    Admin,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,6 +196,9 @@ impl Default for MqttConfig {
             broker_memory_mb: 512,
             max_payload_bytes: 1024 * 1024,
             batch_messages: 1_000,
+            max_connections: 1_024,
+            allow_anonymous: false,
+            users: Vec::new(),
         }
     }
 }
@@ -252,6 +286,44 @@ impl Config {
         Ok(config)
     }
 
+    /// Broker users: names unique, hashes argon2, and nobody anonymous on
+    /// a public address unless asked for (mosquitto 2's rule).
+    fn validate_mqtt_users(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, user) in self.mqtt.users.iter().enumerate() {
+            if user.username.is_empty() || !names.insert(user.username.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("mqtt.users[{i}].username"),
+                    "must be non-empty and unique",
+                ));
+            }
+            if let Err(error) = argon2::PasswordHash::new(&user.password_hash) {
+                return Err(ConfigError::invalid(
+                    &format!("mqtt.users[{i}].password_hash"),
+                    format!(
+                        "is not a password hash ({error}); make one with `energyguard hash-password`"
+                    ),
+                ));
+            }
+        }
+        if self.mqtt.embedded
+            && self.mqtt.users.is_empty()
+            && !self.mqtt.allow_anonymous
+            && !self.mqtt.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::invalid(
+                "mqtt.listen",
+                format!(
+                    "{} is not a loopback address and no broker users are configured: \
+                     add [[mqtt.users]] (see `energyguard hash-password`), or set \
+                     mqtt.allow_anonymous = true to let anyone who reaches it publish",
+                    self.mqtt.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         Placement::new(self.replication.settings(), self.replication.nodes.clone())
@@ -294,6 +366,13 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.mqtt.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "mqtt.max_connections",
+                "must be at least 1",
+            ));
+        }
+        self.validate_mqtt_users()?;
         if !self.mqtt.embedded && self.mqtt.url.is_none() {
             return Err(ConfigError::invalid(
                 "mqtt.url",

@@ -27,6 +27,7 @@ use crate::mqtt::embedded::{self, LinkSettings};
 use crate::mqtt::external::{self, ConsumerSettings};
 use crate::mqtt::front_door::FrontDoor;
 use crate::mqtt::front_door::inbound::DoorRules;
+use crate::mqtt::front_door::rights::{TopicRights, Users};
 use crate::mqtt::intake::Intake;
 use crate::mqtt::outbox::{self, LinkSender, Outbox};
 use crate::mqtt::park::{self, Park};
@@ -183,6 +184,9 @@ pub async fn run(
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// Broker password checks running at once at most (one per core).
+const PASSWORD_CHECKS: usize = 2;
 
 /// How long each MQTT shutdown step may take.
 const MQTT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -347,8 +351,15 @@ async fn start_embedded(
         reserved_client_id: mqtt.client_id.clone(),
         max_packet_bytes: mqtt.max_payload_bytes + 1024,
         backlog,
+        // Anonymous clients: with no users, only on loopback (or if asked
+        // for, which validation requires on a public address).
+        users: Users::new(&mqtt.users, mqtt.allow_anonymous || mqtt.users.is_empty()),
+        rights: TopicRights::new(&mqtt.topic_prefix),
+        broker_login: broker.login,
+        checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
     });
-    Ok((status, consumer, outbox, Some(broker.door.open(rules))))
+    let door = broker.door.open(rules, mqtt.max_connections);
+    Ok((status, consumer, outbox, Some(door)))
 }
 
 /// How often silent sensors are looked for (`stale_after` is at least 1 s).

@@ -204,11 +204,23 @@ fn the_dockerfile_runs_the_release_binary_as_a_non_root_user_with_its_variables(
             .any(|h| h.contains("http://127.0.0.1:5000/healthz"))
     );
 
-    let env = dockerfile_env();
+    let mut env = dockerfile_env();
     assert_eq!(env.len(), 3, "{env:?}");
     assert!(env.iter().all(|(name, _)| name.starts_with("ENERGYGUARD_")));
-    let config = load_with(&env).expect("the Dockerfile environment loads");
+    let refused = load_with(&env).expect_err("no anonymous broker on a public address");
+    assert!(refused.contains("mqtt.listen"), "{refused}");
+    // Broker users from the environment, as the README shows.
+    env.push((
+        "ENERGYGUARD_MQTT__USERS".into(),
+        format!(r#"[{{username="meters", password_hash="{HASH}", role="meter"}}]"#),
+    ));
+    let config = load_with(&env).expect("the Dockerfile environment with users loads");
     assert_eq!(config.data_dir, Path::new("/data"));
     assert_eq!(config.http.listen.to_string(), "0.0.0.0:5000");
     assert_eq!(config.mqtt.listen.to_string(), "0.0.0.0:1883");
+    assert_eq!(config.mqtt.users[0].username, "meters");
 }
+
+/// An argon2 hash of "meter-password", as `energyguard hash-password`
+/// prints it.
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$Ols4ap6srzwW1EYsKLYHAg$05Tz3S1B18swZ5S200P8jDCKCI3fMuFTz4NJvn8b234";

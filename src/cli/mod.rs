@@ -4,6 +4,7 @@
 
 mod mqtt;
 mod output;
+mod password;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -176,6 +177,9 @@ pub enum Command {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Print the argon2 hash of a password (read from standard input, or
+    /// asked for at a terminal) for a broker user's `password_hash`.
+    HashPassword,
     /// Print alerts as they are published over MQTT (until Ctrl-C).
     Watch {
         #[command(flatten)]
@@ -274,6 +278,7 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Publish { file, broker } => return mqtt::publish(file, broker).await,
         Command::Watch { broker, json } => return mqtt::watch(broker, json).await,
         Command::Bench { readings, out } => return bench(readings, out).await,
+        Command::HashPassword => return password::hash_password(),
         other => other,
     };
     let (call, client) = match build(command) {
@@ -305,6 +310,7 @@ fn build(command: Command) -> Option<(Call, ClientArgs)> {
         Command::Serve { .. }
         | Command::Publish { .. }
         | Command::Watch { .. }
+        | Command::HashPassword
         | Command::Bench { .. } => return None,
         Command::Put {
             sensor_id,

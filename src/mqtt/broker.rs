@@ -65,13 +65,16 @@ impl BrokerSettings {
     }
 }
 
-fn config(settings: &BrokerSettings, internal: SocketAddr) -> Config {
+/// `login`: the only credentials rumqttd accepts, which the front door puts
+/// in every CONNECT it lets through: a process reaching rumqttd's private
+/// port directly gets nowhere.
+fn config(settings: &BrokerSettings, internal: SocketAddr, login: &(String, String)) -> Config {
     let segment = settings.segment_bytes();
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: settings.max_payload_bytes,
         max_inflight_count: 1_000,
-        auth: None,
+        auth: Some(HashMap::from([login.clone()])),
         external_auth: None,
         // Without this, publishes to a topic nobody subscribed to yet are
         // acknowledged and dropped.
@@ -103,6 +106,9 @@ pub struct EmbeddedBroker {
     /// EnergyGuard's in-process connection to the broker.
     pub link_tx: LinkTx,
     pub link_rx: LinkRx,
+    /// The credentials rumqttd accepts (username, password), random per
+    /// process, for the front door to put in every CONNECT.
+    pub login: (String, String),
     pub door: ClosedDoor,
 }
 
@@ -114,9 +120,9 @@ pub struct ClosedDoor {
 }
 
 impl ClosedDoor {
-    /// Starts relaying clients to the broker.
-    pub fn open(self, rules: Arc<DoorRules>) -> FrontDoor {
-        FrontDoor::open(self.public, self.internal, rules)
+    /// Starts relaying clients to the broker, up to `max_connections`.
+    pub fn open(self, rules: Arc<DoorRules>, max_connections: usize) -> FrontDoor {
+        FrontDoor::open(self.public, self.internal, rules, max_connections)
     }
 }
 
@@ -132,7 +138,11 @@ pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerEr
     let internal = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|probe| probe.local_addr())
         .map_err(|e| error(format!("no free loopback port for the broker: {e}")))?;
-    let config = config(settings, internal);
+    let login = (
+        format!("energyguard-door-{:016x}", rand::random::<u64>()),
+        format!("{:032x}", rand::random::<u128>()),
+    );
+    let config = config(settings, internal, &login);
     let client_id = settings.client_id.clone();
     let (linked, link) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -164,6 +174,7 @@ pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerEr
     Ok(EmbeddedBroker {
         link_tx,
         link_rx,
+        login,
         door: ClosedDoor { public, internal },
     })
 }

@@ -1,11 +1,14 @@
 //! The embedded broker's front door: the listener on `mqtt.listen`, relaying
 //! each client to rumqttd, which itself listens on a private loopback port.
 //!
-//! The door reads what clients send packet by packet ([`inbound`]): it keeps
-//! EnergyGuard's own client id for EnergyGuard, and holds back a publisher
-//! while the readings it already accepted fill the [`Backlog`], so the
-//! broker never has to drop messages it acknowledged. What the broker sends
-//! back is relayed untouched.
+//! The door reads what clients send packet by packet ([`inbound`]): it
+//! checks who they are and what they may publish and subscribe to
+//! ([`rights`]), keeps EnergyGuard's own client id for EnergyGuard, and
+//! holds back a publisher while the readings it already accepted fill the
+//! [`Backlog`], so the broker never has to drop messages it acknowledged.
+//! What the broker sends back is relayed packet by packet too
+//! ([`outbound`]), with the door's own answers in between. Connections past
+//! `mqtt.max_connections` are closed at once.
 //!
 //! rumqttd can neither stop accepting nor close its clients' connections,
 //! so without the door a SIGTERM would exit with messages the broker had
@@ -20,6 +23,8 @@
 //! [`Backlog`]: crate::mqtt::backlog::Backlog
 
 pub mod inbound;
+mod outbound;
+pub mod rights;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::signalled;
@@ -35,6 +40,9 @@ use inbound::{Admission, DoorRules, FrameError, Inbound};
 
 /// How long a new connection may take to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The door's own answers waiting for a client at most; past that the
+/// client's packets wait (it is not reading what it is sent).
+const REPLIES_QUEUED: usize = 64;
 
 /// The running relay; dropping it without [`FrontDoor::close`] leaves it
 /// running for the life of the process.
@@ -44,10 +52,17 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// Relays every connection accepted on `listener` to `broker`.
-    pub fn open(listener: TcpListener, broker: SocketAddr, rules: Arc<DoorRules>) -> Self {
+    /// Relays every connection accepted on `listener` to `broker`, up to
+    /// `max_connections` at once.
+    pub fn open(
+        listener: TcpListener,
+        broker: SocketAddr,
+        rules: Arc<DoorRules>,
+        max_connections: usize,
+    ) -> Self {
         let (closing, closed) = watch::channel(false);
-        let accepting = tokio::spawn(accept_loop(listener, broker, rules, closed));
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let accepting = tokio::spawn(accept_loop(listener, broker, rules, slots, closed));
         Self { closing, accepting }
     }
 
@@ -64,6 +79,7 @@ async fn accept_loop(
     listener: TcpListener,
     broker: SocketAddr,
     rules: Arc<DoorRules>,
+    slots: Arc<Semaphore>,
     closing: watch::Receiver<bool>,
 ) {
     let mut relays = JoinSet::new();
@@ -71,9 +87,19 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    relays.spawn(relay(client, broker, rules.clone(), closing.clone()));
-                }
+                Ok((client, peer)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let relay = relay(client, broker, rules.clone(), closing.clone());
+                        relays.spawn(async move {
+                            relay.await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        metrics::counter!("energyguard_mqtt_connections_refused_total").increment(1);
+                        tracing::warn!(%peer, "MQTT connection refused: mqtt.max_connections reached");
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "MQTT accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -105,13 +131,15 @@ async fn relay(
 ) {
     let _ = client.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
-    let mut inbound = Inbound::new(rules);
+    let max_packet_bytes = rules.max_packet_bytes;
+    let (replies, replies_out) = mpsc::channel(REPLIES_QUEUED);
+    let mut inbound = Inbound::new(rules, replies);
     let first = tokio::select! {
         first = tokio::time::timeout(CONNECT_TIMEOUT, inbound.read_connect(&mut client_read)) => first,
         _ = signalled(&mut closing) => return,
     };
-    match first {
-        Ok(Ok(Admission::Admit)) => {}
+    let connect = match first {
+        Ok(Ok(Admission::Admit { connect, .. })) => connect,
         Ok(Ok(Admission::Refuse(connack))) => {
             inbound::refuse(&mut client_write, &connack).await;
             return;
@@ -124,7 +152,7 @@ async fn relay(
             tracing::debug!("MQTT connection sent no CONNECT in time");
             return;
         }
-    }
+    };
     let upstream = match TcpStream::connect(broker).await {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -135,16 +163,27 @@ async fn relay(
     let _ = upstream.set_nodelay(true);
     let (mut broker_read, mut broker_write) = upstream.into_split();
     let inbound = async move {
-        let ended = inbound
-            .forward(&mut client_read, &mut broker_write, &mut closing)
-            .await;
-        if let FrameError::Protocol(error) = ended {
-            tracing::debug!(%error, "MQTT connection closed on a malformed packet");
+        let ended = match broker_write.write_all(&connect).await {
+            Ok(()) => {
+                inbound
+                    .forward(&mut client_read, &mut broker_write, &mut closing)
+                    .await
+            }
+            Err(error) => FrameError::Io(error),
+        };
+        if matches!(ended, FrameError::Protocol(_) | FrameError::RefusedQos2) {
+            tracing::debug!(error = %ended, "MQTT connection closed");
         }
         let _ = broker_write.shutdown().await;
     };
     let outbound = async move {
-        let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
+        outbound::relay(
+            &mut broker_read,
+            &mut client_write,
+            replies_out,
+            max_packet_bytes,
+        )
+        .await;
         let _ = client_write.shutdown().await;
     };
     tokio::pin!(outbound);
