@@ -52,6 +52,15 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Connections at most; more are refused at once.
+    pub max_connections: usize,
+    /// How long SIGTERM waits for requests in flight (`10s`, `1m`).
+    pub shutdown_grace: String,
+    /// Both set: the API speaks HTTPS (PEM files).
+    #[serde(deserialize_with = "optional_text")]
+    pub tls_cert: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +187,10 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             max_body_bytes: 16 * 1024 * 1024,
+            max_connections: 1_024,
+            shutdown_grace: "10s".into(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -219,6 +232,15 @@ impl Default for ReplicationConfig {
             virtual_nodes: defaults.virtual_nodes,
             write_quorum: defaults.write_quorum,
         }
+    }
+}
+
+impl HttpConfig {
+    /// `shutdown_grace` as a duration.
+    pub fn shutdown_grace(&self) -> Result<std::time::Duration, ConfigError> {
+        crate::history::parse_duration("http.shutdown_grace", &self.shutdown_grace)
+            .map(|ms| std::time::Duration::from_millis(ms as u64))
+            .map_err(|e| ConfigError::invalid("http.shutdown_grace", e.reason))
     }
 }
 
@@ -332,6 +354,19 @@ impl Config {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_connections",
+                "must be at least 1",
+            ));
+        }
+        self.http.shutdown_grace()?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::invalid(
+                "http.tls_cert",
+                "http.tls_cert and http.tls_key are set together or not at all",
             ));
         }
         let prefix = &self.mqtt.topic_prefix;

@@ -30,4 +30,5 @@ pub mod reading;
 pub mod replication;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod version;

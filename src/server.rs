@@ -9,16 +9,19 @@
 //! is logged.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::alerts::AlertService;
 use crate::config::{API_TOKEN_ENV, Config};
 use crate::http::auth::{Auth, GeneratedToken};
+use crate::http::serve::{self, ServeLimits};
 use crate::http::{AppState, Services, router};
 use crate::ingest::Ingestor;
 use crate::mqtt::backlog::Backlog;
@@ -54,6 +57,8 @@ pub enum ServeError {
     Broker(#[from] crate::mqtt::broker::BrokerError),
     #[error("mqtt.url {0}")]
     MqttUrl(#[from] crate::mqtt::UrlError),
+    #[error("{0}: {1}")]
+    Tls(&'static str, crate::tls::TlsError),
 }
 
 /// One Prometheus recorder per process (the `metrics` facade is global).
@@ -122,6 +127,13 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let data_dir = config.data_dir.clone();
     let sync = config.storage.synchronous;
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsAcceptor::from(
+            crate::tls::server_config(Path::new(cert), Path::new(key), &[b"http/1.1"])
+                .map_err(|e| ServeError::Tls("http.tls_cert / http.tls_key", e))?,
+        )),
+        _ => None,
+    };
     tracing::info!(data_dir = %data_dir.display(), "opening storage nodes");
     let spec = PlacementSpec {
         settings: config.replication.settings(),
@@ -166,15 +178,17 @@ pub async fn run(
         mqtt: Some(mqtt.status.clone()),
         key_counts: Default::default(),
     });
-    let app = router(state, config.http.max_body_bytes);
+    let app = router(state, config.http.max_body_bytes)
+        .layer(serve::body_idle_timeout(BODY_IDLE_TIMEOUT));
     let local = listener.local_addr()?;
-    tracing::info!("HTTP API listening on http://{local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutdown: no new requests; finishing requests in flight");
-        })
-        .await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("HTTP API listening on {scheme}://{local}");
+    let limits = ServeLimits {
+        max_connections: config.http.max_connections,
+        header_timeout: HEADER_TIMEOUT,
+        shutdown_grace: config.http.shutdown_grace()?,
+    };
+    serve::serve(listener, app, tls, limits, shutdown).await;
     mqtt.stop(stop_mqtt).await;
     stale_checks.abort();
     tracing::info!("shutdown: closing the alert store");
@@ -184,6 +198,12 @@ pub async fn run(
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// How long a client may take to send a request's headers (and a TLS
+/// handshake).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request body may send nothing before the request is dropped.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Broker password checks running at once at most (one per core).
 const PASSWORD_CHECKS: usize = 2;

@@ -267,3 +267,25 @@ fn hash_password_reads_standard_input_and_refuses_short_passwords() {
     assert!(!short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8"));
 }
+
+/// Even where anonymous clients are welcome (no users, loopback), nobody
+/// but EnergyGuard publishes alerts: a forged retained alert never reaches
+/// a watcher, and the real one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_client_cannot_forge_a_retained_alert() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    let stranger = connect(s.mqtt_port, "stranger", &[]).await;
+    stranger
+        .publish_retained(
+            "energyguard/alerts/s1",
+            json!({"sensor_id": "s1", "state": "firing"}).to_string(),
+        )
+        .await;
+    s.post("/set_threshold", json!({"sensor_id": "real", "max": 10}))
+        .await;
+    let mut watcher = connect(s.mqtt_port, "watcher", &["energyguard/alerts/#"]).await;
+    stranger.publish_reading("real", T0, 50).await;
+    assert_eq!(watcher.next().await.topic, "energyguard/alerts/real");
+}

@@ -11,6 +11,7 @@ pub mod error;
 mod extract;
 mod paged;
 mod readings;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

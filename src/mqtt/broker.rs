@@ -170,7 +170,11 @@ pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerEr
     if !accepts_connections(internal, Duration::from_secs(10)).await {
         return Err(error("it did not accept connections within 10 s".into()));
     }
-    tracing::info!(%listen, window_mb = settings.memory_mb, "embedded MQTT broker listening");
+    let bound = public.local_addr().unwrap_or(listen);
+    tracing::info!(
+        window_mb = settings.memory_mb,
+        "embedded MQTT broker listening on mqtt://{bound}"
+    );
     Ok(EmbeddedBroker {
         link_tx,
         link_rx,

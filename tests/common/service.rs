@@ -52,24 +52,12 @@ impl Service {
     /// Starts the service in `dir` (reusing whatever data is there), with
     /// its embedded broker on a free port.
     pub fn start_in(dir: &Path, extra_config: &str) -> Self {
-        let mqtt_port = free_port();
-        Self::start(
-            dir,
-            mqtt_port,
-            &format!("listen = \"127.0.0.1:{mqtt_port}\""),
-            extra_config,
-        )
+        Self::start(dir, None, "listen = \"127.0.0.1:0\"", extra_config)
     }
 
     /// [`Self::start_in`] with more keys of the `[mqtt]` section.
     pub fn start_in_with_mqtt(dir: &Path, mqtt: &str) -> Self {
-        let mqtt_port = free_port();
-        Self::start(
-            dir,
-            mqtt_port,
-            &format!("listen = \"127.0.0.1:{mqtt_port}\"\n{mqtt}"),
-            "",
-        )
+        Self::start(dir, None, &format!("listen = \"127.0.0.1:0\"\n{mqtt}"), "")
     }
 
     /// Starts the service consuming from an external broker on `broker_port`.
@@ -89,10 +77,13 @@ impl Service {
             "embedded = false\n{}",
             mqtt.replace("{port}", &broker_port.to_string())
         );
-        Self::start(dir, broker_port, &mqtt, "")
+        Self::start(dir, Some(broker_port), &mqtt, "")
     }
 
-    fn start(dir: &Path, mqtt_port: u16, mqtt_section: &str, extra_config: &str) -> Self {
+    /// `mqtt_port`: the external broker's, or `None` to learn the embedded
+    /// one's from the log (it binds port 0, so no other process can take
+    /// the port between a probe and the bind).
+    fn start(dir: &Path, mqtt_port: Option<u16>, mqtt_section: &str, extra_config: &str) -> Self {
         let config = write_config(dir, mqtt_section, extra_config);
         let mut child = Command::new(env!("CARGO_BIN_EXE_energyguard"))
             .args(["serve", "--config"])
@@ -108,24 +99,35 @@ impl Service {
         let (address_tx, address_rx) = mpsc::channel();
         let (log_tx, log_rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut address_tx = Some(address_tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1)
-                    && let Some(tx) = address_tx.take()
+                if let Some(address) = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
                 {
-                    let _ = tx.send(rest.trim().to_string());
+                    let _ = address_tx.send(address.to_string());
                 }
                 let _ = log_tx.send(line);
             }
         });
-        let url = match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let log: Vec<String> = log_rx.try_iter().collect();
-                panic!("the service did not start: {log:#?}");
+        let mut mqtt_port = mqtt_port;
+        let url = loop {
+            match address_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(address) => match address.strip_prefix("mqtt://") {
+                    Some(mqtt) => {
+                        mqtt_port =
+                            mqtt_port.or(mqtt.rsplit(':').next().and_then(|p| p.parse().ok()));
+                    }
+                    None => break address,
+                },
+                Err(_) => {
+                    let _ = child.kill();
+                    let log: Vec<String> = log_rx.try_iter().collect();
+                    panic!("the service did not start: {log:#?}");
+                }
             }
         };
+        let mqtt_port = mqtt_port.expect("the embedded broker's address in the log");
         Self {
             dir: dir.to_path_buf(),
             url,

@@ -4,7 +4,7 @@
 //! (`rumqttc::mqttbytes`, the one rumqttd's own clients use); packets that
 //! pass go to the broker byte for byte as the client sent them. The rules:
 //! * the first packet must be a CONNECT; its credentials decide the client's
-//!   role ([`Users`]); EnergyGuard's own client id is refused, and so is a
+//!   access ([`Users`]); EnergyGuard's own client id is refused, and so is a
 //!   last will on a topic the client may not publish on. The CONNECT goes on
 //!   with the broker's private credentials in place of the client's, so the
 //!   broker accepts only what came through the door;
@@ -28,7 +28,7 @@ use rumqttc::mqttbytes::{self, FixedHeader, PacketType, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::rights::{TopicRights, Users};
+use super::rights::{Access, TopicRights, Users};
 use crate::config::MqttRole;
 use crate::mqtt::backlog::{Backlog, message_size};
 use crate::mqtt::signalled;
@@ -88,7 +88,7 @@ pub enum Reply {
 pub enum Admission {
     /// Forward it, as `connect` (the same CONNECT with the broker's own
     /// credentials), and everything after it.
-    Admit { connect: BytesMut, role: MqttRole },
+    Admit { connect: BytesMut, access: Access },
     /// Send these bytes (a refusing CONNACK) and close.
     Refuse(BytesMut),
 }
@@ -97,7 +97,7 @@ pub enum Admission {
 pub struct Inbound {
     rules: Arc<DoorRules>,
     buffer: BytesMut,
-    role: MqttRole,
+    access: Access,
     replies: mpsc::Sender<Reply>,
 }
 
@@ -106,7 +106,7 @@ impl Inbound {
         Self {
             rules,
             buffer: BytesMut::with_capacity(READ_CHUNK),
-            role: MqttRole::Meter,
+            access: Access::User(MqttRole::Meter),
             replies,
         }
     }
@@ -142,30 +142,30 @@ impl Inbound {
             return refuse(ConnectReturnCode::NotAuthorized);
         }
         let login = connect.login.take();
-        let role = match self.authenticate(login).await {
-            Ok(role) => role,
+        let access = match self.authenticate(login).await {
+            Ok(access) => access,
             Err(code) => {
                 tracing::warn!(client_id = %connect.client_id, ?code, "refused an MQTT client's credentials");
                 return refuse(code);
             }
         };
         if let Some(will) = &connect.last_will
-            && !self.rules.rights.may_publish(role, &will.topic)
+            && !self.rules.rights.may_publish(access, &will.topic)
         {
             tracing::warn!(client_id = %connect.client_id, topic = %will.topic, "refused an MQTT last will on a topic its client may not publish on");
             return refuse(ConnectReturnCode::NotAuthorized);
         }
         let (username, password) = &self.rules.broker_login;
         connect.login = Some(Login::new(username, password));
-        self.role = role;
+        self.access = access;
         Ok(Admission::Admit {
             connect: encode(Packet::Connect(connect)),
-            role,
+            access,
         })
     }
 
     /// Checks credentials off the async workers, a few at a time.
-    async fn authenticate(&self, login: Option<Login>) -> Result<MqttRole, ConnectReturnCode> {
+    async fn authenticate(&self, login: Option<Login>) -> Result<Access, ConnectReturnCode> {
         let _turn = self
             .rules
             .checks
@@ -283,7 +283,7 @@ impl Inbound {
         }
         Ok(match self.decode(offset, header)? {
             Packet::Publish(publish) => {
-                if !self.rules.rights.may_publish(self.role, &publish.topic) {
+                if !self.rules.rights.may_publish(self.access, &publish.topic) {
                     count_refusal("publish");
                     match publish.qos {
                         QoS::AtMostOnce => Verdict::drop(None),
@@ -310,7 +310,7 @@ impl Inbound {
             .filters
             .into_iter()
             .enumerate()
-            .partition(|(_, f)| self.rules.rights.may_subscribe(self.role, &f.path));
+            .partition(|(_, f)| self.rules.rights.may_subscribe(self.access, &f.path));
         if refused.is_empty() {
             return Verdict::Pass;
         }

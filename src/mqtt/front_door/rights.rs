@@ -7,10 +7,12 @@
 //! | `watcher` | nothing | `P/alerts/#`, `P/deadletter` |
 //! | `admin` | `P/readings/#` | anything |
 //!
-//! An anonymous client, where allowed, has the admin's rights. Nobody
-//! publishes on `P/alerts/#` or `P/deadletter`, and no last will may name a
-//! topic its client could not publish on: only EnergyGuard itself, through
-//! its in-process link, speaks there.
+//! An anonymous client, where allowed (no users on loopback, or
+//! `mqtt.allow_anonymous`), may do what it could on a broker without users:
+//! publish anywhere and subscribe to anything. Nobody publishes on
+//! `P/alerts/#` or `P/deadletter`, and no last will may name a topic its
+//! client could not publish on: only EnergyGuard itself, through its
+//! in-process link, speaks there.
 
 use std::collections::HashMap;
 
@@ -18,6 +20,13 @@ use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use rumqttc::mqttbytes::v4::ConnectReturnCode;
 
 use crate::config::{MqttRole, MqttUser};
+
+/// Who a connected client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Anonymous,
+    User(MqttRole),
+}
 
 /// The broker's users and whether anonymous clients are accepted.
 #[derive(Debug)]
@@ -42,17 +51,17 @@ impl Users {
     /// The role of a client presenting `login` (username, password), or the
     /// CONNACK code refusing it. Verifying a password costs milliseconds of
     /// CPU on purpose: call it off the async workers.
-    pub fn authenticate(&self, login: Option<(&str, &str)>) -> Result<MqttRole, ConnectReturnCode> {
+    pub fn authenticate(&self, login: Option<(&str, &str)>) -> Result<Access, ConnectReturnCode> {
         let Some((username, password)) = login.filter(|(name, _)| !name.is_empty()) else {
             return if self.anonymous {
-                Ok(MqttRole::Admin)
+                Ok(Access::Anonymous)
             } else {
                 Err(ConnectReturnCode::NotAuthorized)
             };
         };
         if self.by_name.is_empty() && self.anonymous {
             // No users to check against: a name alone is still anonymous.
-            return Ok(MqttRole::Admin);
+            return Ok(Access::Anonymous);
         }
         let (hash, role) = self
             .by_name
@@ -61,7 +70,7 @@ impl Users {
         let hash = PasswordHash::new(hash).map_err(|_| ConnectReturnCode::BadUserNamePassword)?;
         Argon2::default()
             .verify_password(password.as_bytes(), &hash)
-            .map(|()| *role)
+            .map(|()| Access::User(*role))
             .map_err(|_| ConnectReturnCode::BadUserNamePassword)
     }
 }
@@ -83,18 +92,24 @@ impl TopicRights {
         }
     }
 
-    pub fn may_publish(&self, role: MqttRole, topic: &str) -> bool {
-        role != MqttRole::Watcher && filter_within(topic, &self.readings)
+    pub fn may_publish(&self, access: Access, topic: &str) -> bool {
+        if filter_within(topic, &self.alerts) || filter_within(topic, &self.deadletter) {
+            return false;
+        }
+        match access {
+            Access::Anonymous => true,
+            Access::User(role) => role != MqttRole::Watcher && filter_within(topic, &self.readings),
+        }
     }
 
-    pub fn may_subscribe(&self, role: MqttRole, filter: &str) -> bool {
+    pub fn may_subscribe(&self, access: Access, filter: &str) -> bool {
         let filter = unshared(filter);
-        match role {
-            MqttRole::Meter => false,
-            MqttRole::Watcher => {
+        match access {
+            Access::User(MqttRole::Meter) => false,
+            Access::User(MqttRole::Watcher) => {
                 filter_within(filter, &self.alerts) || filter_within(filter, &self.deadletter)
             }
-            MqttRole::Admin => true,
+            Access::User(MqttRole::Admin) | Access::Anonymous => true,
         }
     }
 }
@@ -168,8 +183,12 @@ mod tests {
     #[test]
     fn each_role_has_its_rights_and_nobody_publishes_alerts() {
         let rights = TopicRights::new("eg");
-        use MqttRole::*;
-        for role in [Meter, Watcher, Admin] {
+        let (meter, watcher, admin) = (
+            Access::User(MqttRole::Meter),
+            Access::User(MqttRole::Watcher),
+            Access::User(MqttRole::Admin),
+        );
+        for access in [meter, watcher, admin] {
             for topic in [
                 "eg/alerts/m1",
                 "eg/deadletter",
@@ -177,23 +196,28 @@ mod tests {
                 "eg/readings_x",
             ] {
                 assert!(
-                    !rights.may_publish(role, topic),
-                    "{role:?} published {topic}"
+                    !rights.may_publish(access, topic),
+                    "{access:?} published {topic}"
                 );
             }
         }
-        assert!(rights.may_publish(Meter, "eg/readings/m1"));
-        assert!(rights.may_publish(Admin, "eg/readings/m1"));
-        assert!(!rights.may_publish(Watcher, "eg/readings/m1"));
-        assert!(!rights.may_subscribe(Meter, "eg/readings/+"));
-        assert!(!rights.may_subscribe(Meter, "eg/alerts/#"));
-        assert!(rights.may_subscribe(Watcher, "eg/alerts/#"));
-        assert!(rights.may_subscribe(Watcher, "eg/deadletter"));
-        assert!(rights.may_subscribe(Watcher, "$share/g/eg/alerts/m1"));
-        assert!(!rights.may_subscribe(Watcher, "#"));
-        assert!(!rights.may_subscribe(Watcher, "eg/readings/+"));
-        assert!(!rights.may_subscribe(Watcher, "$share/g/#"));
-        assert!(rights.may_subscribe(Admin, "#"));
+        for topic in ["eg/alerts/m1", "eg/deadletter"] {
+            assert!(!rights.may_publish(Access::Anonymous, topic));
+        }
+        assert!(rights.may_publish(Access::Anonymous, "other/topic"));
+        assert!(rights.may_subscribe(Access::Anonymous, "#"));
+        assert!(rights.may_publish(meter, "eg/readings/m1"));
+        assert!(rights.may_publish(admin, "eg/readings/m1"));
+        assert!(!rights.may_publish(watcher, "eg/readings/m1"));
+        assert!(!rights.may_subscribe(meter, "eg/readings/+"));
+        assert!(!rights.may_subscribe(meter, "eg/alerts/#"));
+        assert!(rights.may_subscribe(watcher, "eg/alerts/#"));
+        assert!(rights.may_subscribe(watcher, "eg/deadletter"));
+        assert!(rights.may_subscribe(watcher, "$share/g/eg/alerts/m1"));
+        assert!(!rights.may_subscribe(watcher, "#"));
+        assert!(!rights.may_subscribe(watcher, "eg/readings/+"));
+        assert!(!rights.may_subscribe(watcher, "$share/g/#"));
+        assert!(rights.may_subscribe(admin, "#"));
     }
 
     #[test]
@@ -211,7 +235,7 @@ mod tests {
         let users = Users::new(std::slice::from_ref(&meter), false);
         assert_eq!(
             users.authenticate(Some(("meters", "s3cret"))),
-            Ok(MqttRole::Meter)
+            Ok(Access::User(MqttRole::Meter))
         );
         assert_eq!(
             users.authenticate(Some(("meters", "guess"))),
@@ -226,7 +250,7 @@ mod tests {
             Err(ConnectReturnCode::NotAuthorized)
         );
         let open = Users::new(&[meter], true);
-        assert_eq!(open.authenticate(None), Ok(MqttRole::Admin));
+        assert_eq!(open.authenticate(None), Ok(Access::Anonymous));
         assert_eq!(
             open.authenticate(Some(("meters", "guess"))),
             Err(ConnectReturnCode::BadUserNamePassword),
@@ -235,7 +259,7 @@ mod tests {
         let loopback = Users::new(&[], true);
         assert_eq!(
             loopback.authenticate(Some(("any", "thing"))),
-            Ok(MqttRole::Admin)
+            Ok(Access::Anonymous)
         );
     }
 }

@@ -1,0 +1,132 @@
+//! The API's connection limits against slow and greedy clients: a cap on
+//! connections, header and idle-body timeouts, and a bounded wait at
+//! SIGTERM. The real binary on free ports; raw TCP clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::service::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The API's `host:port`.
+fn address(s: &Service) -> String {
+    s.url.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection (or `limit` passes),
+/// answering what it sent.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_at_once_and_others_served_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "max_connections = 3");
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(address(&s)).await.expect("connect"));
+    }
+    let mut extra = TcpStream::connect(address(&s)).await.expect("connect");
+    let started = Instant::now();
+    assert!(
+        until_closed(&mut extra, Duration::from_secs(2)).await.is_some(),
+        "the fourth connection was queued, not refused"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(idle);
+    common::wait_until(Duration::from_secs(5), || async {
+        s.http
+            .get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let metrics = s.metrics_text().await;
+    assert!(
+        metrics.contains("energyguard_http_connections_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_headers_is_dropped_and_others_are_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let mut slow = TcpStream::connect(address(&s)).await.expect("connect");
+    let started = Instant::now();
+    let trickle = async {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n".iter().cycle() {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    // Meanwhile others are served at once.
+    let others = async {
+        for _ in 0..5 {
+            let (status, _) = s.get("/healthz").await;
+            assert!(status.is_success());
+        }
+    };
+    let ((), ()) = tokio::join!(
+        async {
+            let _ = tokio::time::timeout(Duration::from_secs(20), trickle).await;
+        },
+        others
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "dropped after {took:?}, not at the 10 s header timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_is_dropped_and_sigterm_waits_at_most_the_grace() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "shutdown_grace = \"2s\"");
+    let mut stalled = TcpStream::connect(address(&s)).await.expect("connect");
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRITE_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"sensor_id\":"
+    );
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || s.terminate())
+        .await
+        .expect("terminate");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "SIGTERM waited {:?} for a stalled request",
+        started.elapsed()
+    );
+    assert!(until_closed(&mut stalled, Duration::from_secs(5)).await.is_some());
+
+    // And without a stop, the idle body is dropped after 30 s.
+    let s = Service::start_in(dir.path(), "");
+    let mut stalled = TcpStream::connect(address(&s)).await.expect("connect");
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let answer = until_closed(&mut stalled, Duration::from_secs(45))
+        .await
+        .expect("dropped within 45 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(40),
+        "dropped after {took:?}: {answer}"
+    );
+    assert_eq!(
+        s.get("/measurements").await.1,
+        serde_json::json!([]),
+        "nothing stored"
+    );
+}
