@@ -94,6 +94,30 @@ pub struct MqttConfig {
     /// The embedded broker's users. With none, only anonymous clients, and
     /// only while the broker listens on loopback or `allow_anonymous` is set.
     pub users: Vec<MqttUser>,
+    /// Where the embedded broker also speaks MQTT over TLS (e.g.
+    /// `0.0.0.0:8883`), with `tls_cert` and `tls_key` (PEM files).
+    #[serde(deserialize_with = "optional_text")]
+    pub tls_listen: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
+    pub tls_cert: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
+    pub tls_key: Option<String>,
+    /// An extra CA (PEM) to trust for an external `mqtts://` broker.
+    #[serde(deserialize_with = "optional_text")]
+    pub ca_file: Option<String>,
+}
+
+impl MqttConfig {
+    /// `tls_listen` as an address, if set.
+    pub fn tls_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.tls_listen
+            .as_deref()
+            .map(|text| {
+                text.parse()
+                    .map_err(|e| ConfigError::invalid("mqtt.tls_listen", format!("{text:?}: {e}")))
+            })
+            .transpose()
+    }
 }
 
 /// A user of the embedded broker.
@@ -212,6 +236,10 @@ impl Default for MqttConfig {
             max_connections: 1_024,
             allow_anonymous: false,
             users: Vec::new(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            ca_file: None,
         }
     }
 }
@@ -328,18 +356,30 @@ impl Config {
                 ));
             }
         }
-        if self.mqtt.embedded
+        let tls_listen = self.mqtt.tls_listen()?;
+        if tls_listen.is_some() && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none()) {
+            return Err(ConfigError::invalid(
+                "mqtt.tls_listen",
+                "needs mqtt.tls_cert and mqtt.tls_key",
+            ));
+        }
+        let public = [
+            ("mqtt.listen", Some(self.mqtt.listen)),
+            ("mqtt.tls_listen", tls_listen),
+        ]
+        .into_iter()
+        .find_map(|(key, address)| address.filter(|a| !a.ip().is_loopback()).map(|a| (key, a)));
+        if let Some((key, address)) = public
+            && self.mqtt.embedded
             && self.mqtt.users.is_empty()
             && !self.mqtt.allow_anonymous
-            && !self.mqtt.listen.ip().is_loopback()
         {
             return Err(ConfigError::invalid(
-                "mqtt.listen",
+                key,
                 format!(
-                    "{} is not a loopback address and no broker users are configured: \
+                    "{address} is not a loopback address and no broker users are configured: \
                      add [[mqtt.users]] (see `energyguard hash-password`), or set \
-                     mqtt.allow_anonymous = true to let anyone who reaches it publish",
-                    self.mqtt.listen
+                     mqtt.allow_anonymous = true to let anyone who reaches it publish"
                 ),
             ));
         }

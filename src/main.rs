@@ -27,6 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    energyguard::tls::install_default_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => runtime.block_on(serve(config)),
-        client => runtime.block_on(run_client(client)),
+        command => runtime.block_on(run_client(command, cli.client)),
     }
 }
 

@@ -265,6 +265,7 @@ async fn start_mqtt(
     } else {
         let settings = ConsumerSettings {
             url: mqtt.url.clone().unwrap_or_default(),
+            ca_file: mqtt.ca_file.clone().map(Into::into),
             credentials: mqtt
                 .username
                 .clone()
@@ -333,6 +334,14 @@ async fn start_embedded(
         max_payload_bytes: mqtt.max_payload_bytes,
         memory_mb: mqtt.broker_memory_mb,
         client_id: mqtt.client_id.clone(),
+        tls: match (mqtt.tls_listen()?, &mqtt.tls_cert, &mqtt.tls_key) {
+            (Some(address), Some(cert), Some(key)) => Some((
+                address,
+                crate::tls::server_config(Path::new(cert), Path::new(key), &[])
+                    .map_err(|e| ServeError::Tls("mqtt.tls_cert / mqtt.tls_key", e))?,
+            )),
+            _ => None,
+        },
     };
     let broker = broker::start(&settings).await?;
     let filter = topics.readings_filter("");

@@ -23,6 +23,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes ring the process's TLS provider, for clients that take the
+/// default (reqwest's): call once before building any. Idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn file_error(path: &Path, reason: impl ToString) -> TlsError {
     TlsError::File {
         path: path.display().to_string(),
@@ -59,12 +65,16 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client's configuration trusting the CAs in `ca_file` (a self-signed
-/// certificate is its own CA).
-pub fn client_config(ca_file: &Path) -> Result<ClientConfig, TlsError> {
+/// A client's configuration trusting the system's CAs and those in
+/// `ca_file`, if any (a self-signed certificate is its own CA).
+pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
-    for certificate in certificates(ca_file)? {
-        roots.add(certificate)?;
+    // Unreadable system certificates only leave the extra CA.
+    let (_, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(ca_file) = ca_file {
+        for certificate in certificates(ca_file)? {
+            roots.add(certificate)?;
+        }
     }
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

@@ -20,7 +20,8 @@ fn address(s: &Service) -> String {
 async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
-    read.ok().map(|_| String::from_utf8_lossy(&answer).into_owned())
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&answer).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +35,9 @@ async fn connections_past_the_cap_are_refused_at_once_and_others_served_after() 
     let mut extra = TcpStream::connect(address(&s)).await.expect("connect");
     let started = Instant::now();
     assert!(
-        until_closed(&mut extra, Duration::from_secs(2)).await.is_some(),
+        until_closed(&mut extra, Duration::from_secs(2))
+            .await
+            .is_some(),
         "the fourth connection was queued, not refused"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -109,7 +112,11 @@ async fn a_body_that_stops_is_dropped_and_sigterm_waits_at_most_the_grace() {
         "SIGTERM waited {:?} for a stalled request",
         started.elapsed()
     );
-    assert!(until_closed(&mut stalled, Duration::from_secs(5)).await.is_some());
+    assert!(
+        until_closed(&mut stalled, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
 
     // And without a stop, the idle body is dropped after 30 s.
     let s = Service::start_in(dir.path(), "");

@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// How to reach the service: accepted before or after the command.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,30 +44,18 @@ pub enum Command {
         timestamp: Option<String>,
         #[arg(long)]
         unit: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Show one measurement by key (`<sensor_id>:<epoch ms>`).
-    Get {
-        key: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Get { key: String },
     /// Change the value of an existing measurement.
     Update {
         key: String,
         value: f64,
         #[arg(long)]
         unit: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Delete a measurement.
-    Delete {
-        key: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Delete { key: String },
     /// List measurements in key order.
     List {
         #[arg(long)]
@@ -78,8 +69,6 @@ pub enum Command {
         /// Show the page after this key.
         #[arg(long)]
         after: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// A sensor's history, raw or in buckets.
     History {
@@ -96,8 +85,6 @@ pub enum Command {
         agg: Option<String>,
         #[arg(long)]
         limit: Option<usize>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Set a sensor's alert threshold.
     Threshold {
@@ -108,8 +95,6 @@ pub enum Command {
         min: Option<f64>,
         #[arg(long)]
         hysteresis: Option<f64>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// List alerts, newest first.
     Alerts {
@@ -122,8 +107,6 @@ pub enum Command {
         since: Option<String>,
         #[arg(long)]
         limit: Option<usize>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Show the replication configuration, or change it.
     Replication {
@@ -134,32 +117,15 @@ pub enum Command {
         virtual_nodes: Option<u32>,
         #[arg(long)]
         write_quorum: Option<usize>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Show the storage nodes.
-    Nodes {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Nodes {},
     /// Take a node out of service (fault injection).
-    Fail {
-        node: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Fail { node: String },
     /// Bring a node back: replay hints, repair from peers.
-    Recover {
-        node: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Recover { node: String },
     /// Show which nodes hold a key.
-    Replicas {
-        key: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Replicas { key: String },
     /// Publish CSV readings (sensor_id,timestamp,value per line) over MQTT,
     /// from a file or stdin.
     Publish {
@@ -184,8 +150,6 @@ pub enum Command {
     Watch {
         #[command(flatten)]
         broker: mqtt::BrokerArgs,
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -198,14 +162,23 @@ pub enum Strategy {
 /// How to reach the service.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Base URL of the service.
-    #[arg(long, env = "ENERGYGUARD_URL", default_value = "http://127.0.0.1:5000")]
+    /// Base URL of the service (http:// or https://).
+    #[arg(
+        long,
+        global = true,
+        env = "ENERGYGUARD_URL",
+        default_value = "http://127.0.0.1:5000"
+    )]
     pub url: String,
-    /// API token (default: ./data/admin.token when it exists).
-    #[arg(long, env = "ENERGYGUARD_TOKEN", hide_env_values = true)]
+    /// API token (default: ./data/admin.token, for a loopback --url only).
+    #[arg(long, global = true, env = "ENERGYGUARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of CAs to trust for https:// (a self-signed certificate
+    /// is its own CA).
+    #[arg(long, global = true, env = "ENERGYGUARD_CA")]
+    pub ca: Option<PathBuf>,
     /// Print the server's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -273,15 +246,27 @@ async fn bench(readings: usize, out: PathBuf) -> ExitCode {
 }
 
 /// Runs a client command; answers the process exit code.
-pub async fn run_client(command: Command) -> ExitCode {
+pub async fn run_client(command: Command, client: ClientArgs) -> ExitCode {
     let command = match command {
-        Command::Publish { file, broker } => return mqtt::publish(file, broker).await,
-        Command::Watch { broker, json } => return mqtt::watch(broker, json).await,
+        Command::Publish { file, broker } => {
+            let broker = mqtt::BrokerArgs {
+                ca: client.ca,
+                ..broker
+            };
+            return mqtt::publish(file, broker).await;
+        }
+        Command::Watch { broker } => {
+            let broker = mqtt::BrokerArgs {
+                ca: client.ca.clone(),
+                ..broker
+            };
+            return mqtt::watch(broker, client.json).await;
+        }
         Command::Bench { readings, out } => return bench(readings, out).await,
         Command::HashPassword => return password::hash_password(),
         other => other,
     };
-    let (call, client) = match build(command) {
+    let call = match build(command) {
         Some(built) => built,
         None => return ExitCode::from(2),
     };
@@ -304,7 +289,7 @@ pub async fn run_client(command: Command) -> ExitCode {
     }
 }
 
-fn build(command: Command) -> Option<(Call, ClientArgs)> {
+fn build(command: Command) -> Option<Call> {
     use Method as M;
     Some(match command {
         Command::Serve { .. }
@@ -317,7 +302,6 @@ fn build(command: Command) -> Option<(Call, ClientArgs)> {
             value,
             timestamp,
             unit,
-            client,
         } => {
             let mut body = json!({"sensor_id": sensor_id, "value": value});
             if let Some(ts) = timestamp {
@@ -329,47 +313,29 @@ fn build(command: Command) -> Option<(Call, ClientArgs)> {
             if let Some(unit) = unit {
                 body["unit"] = Value::String(unit);
             }
-            (Call::new(M::POST, "/ingest".into()).body(body), client)
+            Call::new(M::POST, "/ingest".into()).body(body)
         }
-        Command::Get { key, client } => (
-            Call::new(M::GET, format!("/measurement/{}", segment(&key))),
-            client,
-        ),
-        Command::Update {
-            key,
-            value,
-            unit,
-            client,
-        } => {
+        Command::Get { key } => Call::new(M::GET, format!("/measurement/{}", segment(&key))),
+        Command::Update { key, value, unit } => {
             let mut body = json!({"value": value});
             if let Some(unit) = unit {
                 body["unit"] = Value::String(unit);
             }
-            (
-                Call::new(M::PUT, format!("/measurement/{}", segment(&key))).body(body),
-                client,
-            )
+            Call::new(M::PUT, format!("/measurement/{}", segment(&key))).body(body)
         }
-        Command::Delete { key, client } => (
-            Call::new(M::DELETE, format!("/delete/{}", segment(&key))),
-            client,
-        ),
+        Command::Delete { key } => Call::new(M::DELETE, format!("/delete/{}", segment(&key))),
         Command::List {
             sensor_id,
             from,
             to,
             limit,
             after,
-            client,
-        } => (
-            Call::new(M::GET, "/measurements".into())
-                .query("sensor_id", sensor_id)
-                .query("from", from)
-                .query("to", to)
-                .query("limit", limit)
-                .query("after", after),
-            client,
-        ),
+        } => Call::new(M::GET, "/measurements".into())
+            .query("sensor_id", sensor_id)
+            .query("from", from)
+            .query("to", to)
+            .query("limit", limit)
+            .query("after", after),
         Command::History {
             sensor_id,
             from,
@@ -377,22 +343,17 @@ fn build(command: Command) -> Option<(Call, ClientArgs)> {
             every,
             agg,
             limit,
-            client,
-        } => (
-            Call::new(M::GET, format!("/sensor/{}/history", segment(&sensor_id)))
-                .query("from", from)
-                .query("to", to)
-                .query("every", every)
-                .query("agg", agg)
-                .query("limit", limit),
-            client,
-        ),
+        } => Call::new(M::GET, format!("/sensor/{}/history", segment(&sensor_id)))
+            .query("from", from)
+            .query("to", to)
+            .query("every", every)
+            .query("agg", agg)
+            .query("limit", limit),
         Command::Threshold {
             sensor_id,
             max,
             min,
             hysteresis,
-            client,
         } => {
             let mut body = json!({"sensor_id": sensor_id});
             for (name, value) in [("max", max), ("min", min), ("hysteresis", hysteresis)] {
@@ -400,36 +361,24 @@ fn build(command: Command) -> Option<(Call, ClientArgs)> {
                     body[name] = json!(v);
                 }
             }
-            (
-                Call::new(M::POST, "/set_threshold".into()).body(body),
-                client,
-            )
+            Call::new(M::POST, "/set_threshold".into()).body(body)
         }
         Command::Alerts {
             sensor_id,
             state,
             since,
             limit,
-            client,
-        } => (
-            Call::new(M::GET, "/alerts".into())
-                .query("sensor_id", sensor_id)
-                .query("state", state)
-                .query("since", since)
-                .query("limit", limit),
-            client,
-        ),
-        Command::Replication {
-            strategy: None,
-            client,
-            ..
-        } => (Call::new(M::GET, "/replication".into()), client),
+        } => Call::new(M::GET, "/alerts".into())
+            .query("sensor_id", sensor_id)
+            .query("state", state)
+            .query("since", since)
+            .query("limit", limit),
+        Command::Replication { strategy: None, .. } => Call::new(M::GET, "/replication".into()),
         Command::Replication {
             strategy: Some(strategy),
             replication_factor,
             virtual_nodes,
             write_quorum,
-            client,
         } => {
             let name = match strategy {
                 Strategy::Full => "full",
@@ -445,39 +394,53 @@ fn build(command: Command) -> Option<(Call, ClientArgs)> {
             if let Some(w) = write_quorum {
                 body["write_quorum"] = json!(w);
             }
-            (
-                Call::new(M::POST, "/configure_replication".into()).body(body),
-                client,
-            )
+            Call::new(M::POST, "/configure_replication".into()).body(body)
         }
-        Command::Nodes { client } => (Call::new(M::GET, "/nodes_status".into()), client),
-        Command::Fail { node, client } => (
-            Call::new(M::POST, format!("/fail_node/{}", segment(&node))),
-            client,
-        ),
-        Command::Recover { node, client } => (
-            Call::new(M::POST, format!("/recover_node/{}", segment(&node))),
-            client,
-        ),
-        Command::Replicas { key, client } => (
-            Call::new(M::GET, format!("/replica_nodes/{}", segment(&key))),
-            client,
-        ),
+        Command::Nodes {} => Call::new(M::GET, "/nodes_status".into()),
+        Command::Fail { node } => Call::new(M::POST, format!("/fail_node/{}", segment(&node))),
+        Command::Recover { node } => {
+            Call::new(M::POST, format!("/recover_node/{}", segment(&node)))
+        }
+        Command::Replicas { key } => Call::new(M::GET, format!("/replica_nodes/{}", segment(&key))),
     })
 }
 
+/// `--token`, or the generated admin token in `./data/admin.token`, which
+/// is sent only to a service on this machine (a loopback `--url`).
 fn token(client: &ClientArgs) -> Option<String> {
     client.token.clone().or_else(|| {
-        std::fs::read_to_string("data/admin.token")
-            .ok()
+        is_loopback(&client.url)
+            .then(|| std::fs::read_to_string("data/admin.token").ok())
+            .flatten()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
     })
 }
 
+fn is_loopback(url: &str) -> bool {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The HTTP client, trusting the system's CAs and `--ca`.
+fn http_client(client: &ClientArgs) -> Result<reqwest::Client, String> {
+    let tls = crate::tls::client_config(client.ca.as_deref()).map_err(|e| format!("--ca {e}"))?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| format!("the HTTP client: {e}"))
+}
+
 async fn send(call: &Call, client: &ClientArgs) -> Result<Value, String> {
     let url = format!("{}{}", client.url.trim_end_matches('/'), call.path);
-    let http = reqwest::Client::new();
+    let http = http_client(client)?;
     let mut request = http.request(call.method.clone(), &url).query(&call.query);
     if let Some(token) = token(client) {
         request = request.bearer_auth(token);

@@ -26,11 +26,15 @@ pub struct BrokerArgs {
     /// Topic prefix (mqtt.topic_prefix of the service).
     #[arg(long, default_value = "energyguard")]
     pub topic_prefix: String,
+    /// The global `--ca`, for an `mqtts://` broker.
+    #[arg(skip)]
+    pub ca: Option<PathBuf>,
 }
 
 fn client(args: &BrokerArgs, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
     let id = format!("energyguard-{name}-{}", std::process::id());
-    let mut options = connection_options(&args.url, id).map_err(|e| format!("--mqtt {e}"))?;
+    let mut options =
+        connection_options(&args.url, id, args.ca.as_deref()).map_err(|e| format!("--mqtt {e}"))?;
     options
         .set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(1 << 20, 1 << 20);

@@ -24,8 +24,8 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tokio::net::TcpListener;
 
-use super::front_door::FrontDoor;
 use super::front_door::inbound::DoorRules;
+use super::front_door::{DoorListener, FrontDoor};
 
 /// Segments the window is split into. rumqttd drops the oldest segment only
 /// once all are full, so a subscriber less than `SEGMENTS - 1` segments
@@ -50,6 +50,8 @@ pub struct BrokerSettings {
     pub memory_mb: usize,
     /// The in-process link's client id (EnergyGuard's own).
     pub client_id: String,
+    /// Where the broker also speaks MQTT over TLS, and how.
+    pub tls: Option<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
 }
 
 impl BrokerSettings {
@@ -112,17 +114,18 @@ pub struct EmbeddedBroker {
     pub door: ClosedDoor,
 }
 
-/// `mqtt.listen`, bound, and where rumqttd itself listens (loopback,
-/// private): clients wait in the listen queue until the door opens.
+/// `mqtt.listen` (and `mqtt.tls_listen`), bound, and where rumqttd itself
+/// listens (loopback, private): clients wait in the listen queue until the
+/// door opens.
 pub struct ClosedDoor {
-    public: TcpListener,
+    listeners: Vec<DoorListener>,
     internal: SocketAddr,
 }
 
 impl ClosedDoor {
     /// Starts relaying clients to the broker, up to `max_connections`.
     pub fn open(self, rules: Arc<DoorRules>, max_connections: usize) -> FrontDoor {
-        FrontDoor::open(self.public, self.internal, rules, max_connections)
+        FrontDoor::open(self.listeners, self.internal, rules, max_connections)
     }
 }
 
@@ -132,7 +135,7 @@ impl ClosedDoor {
 pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerError> {
     let listen = settings.listen;
     let error = |reason: String| BrokerError::Listen { listen, reason };
-    let public = tokio::net::TcpListener::bind(listen)
+    let public = TcpListener::bind(listen)
         .await
         .map_err(|e| error(e.to_string()))?;
     let internal = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -175,11 +178,32 @@ pub async fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, BrokerEr
         window_mb = settings.memory_mb,
         "embedded MQTT broker listening on mqtt://{bound}"
     );
+    let mut listeners = vec![DoorListener {
+        listener: public,
+        tls: None,
+    }];
+    if let Some((address, config)) = &settings.tls {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| BrokerError::Listen {
+                listen: *address,
+                reason: format!("mqtt.tls_listen: {e}"),
+            })?;
+        let bound = listener.local_addr().unwrap_or(*address);
+        tracing::info!("embedded MQTT broker listening on mqtts://{bound}");
+        listeners.push(DoorListener {
+            listener,
+            tls: Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+        });
+    }
     Ok(EmbeddedBroker {
         link_tx,
         link_rx,
         login,
-        door: ClosedDoor { public, internal },
+        door: ClosedDoor {
+            listeners,
+            internal,
+        },
     })
 }
 

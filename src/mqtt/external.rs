@@ -38,8 +38,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    /// `mqtt://[user[:password]@]host[:port]`.
+    /// `mqtt://[user[:password]@]host[:port]`, or `mqtts://`.
     pub url: String,
+    /// An extra CA to trust for `mqtts://`.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Username and password; they win over any in the URL.
     pub credentials: Option<(String, String)>,
     pub client_id: String,
@@ -51,7 +53,11 @@ pub struct ConsumerSettings {
 }
 
 fn options(settings: &ConsumerSettings) -> Result<MqttOptions, UrlError> {
-    let mut options = connection_options(&settings.url, settings.client_id.clone())?;
+    let mut options = connection_options(
+        &settings.url,
+        settings.client_id.clone(),
+        settings.ca_file.as_deref(),
+    )?;
     if let Some((username, password)) = &settings.credentials {
         options.set_credentials(username, password);
     }

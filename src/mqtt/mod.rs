@@ -103,21 +103,39 @@ pub struct UrlError {
 }
 
 /// Connection options for `mqtt://[user[:password]@]host[:port]` (or
-/// `tcp://`), with percent-encoded credentials decoded. Callers add their
-/// session settings.
-pub fn connection_options(url: &str, client_id: String) -> Result<MqttOptions, UrlError> {
+/// `tcp://`), or `mqtts://` for MQTT over TLS (port 8883 by default,
+/// trusting the system's CAs and those in `ca_file`), with percent-encoded
+/// credentials decoded. Callers add their session settings.
+pub fn connection_options(
+    url: &str,
+    client_id: String,
+    ca_file: Option<&std::path::Path>,
+) -> Result<MqttOptions, UrlError> {
     let error = |reason: String| UrlError {
         url: url.to_string(),
         reason,
     };
     let parsed = url::Url::parse(url).map_err(|e| error(e.to_string()))?;
-    if !matches!(parsed.scheme(), "mqtt" | "tcp") {
-        return Err(error("the scheme must be mqtt:// or tcp://".into()));
-    }
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        _ => {
+            return Err(error(
+                "the scheme must be mqtt://, tcp:// or mqtts://".into(),
+            ));
+        }
+    };
     let host = parsed
         .host_str()
         .ok_or_else(|| error("a host is required".into()))?;
-    let mut options = MqttOptions::new(client_id, host, parsed.port().unwrap_or(1883));
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let mut options = MqttOptions::new(client_id, host, port);
+    if tls {
+        let config = crate::tls::client_config(ca_file).map_err(|e| error(e.to_string()))?;
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+        ));
+    }
     if !parsed.username().is_empty() {
         let decode = |text: &str| -> Result<String, UrlError> {
             percent_encoding::percent_decode_str(text)
@@ -284,13 +302,17 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        let options = connection_options("mqtt://us%40er:p%2Bw@broker.local:1884", "id".into())
-            .expect("valid");
+        let options =
+            connection_options("mqtt://us%40er:p%2Bw@broker.local:1884", "id".into(), None)
+                .expect("valid");
         assert_eq!(options.broker_address(), ("broker.local".to_string(), 1884));
-        let plain = connection_options("tcp://127.0.0.1", "id".into()).expect("valid");
+        let plain = connection_options("tcp://127.0.0.1", "id".into(), None).expect("valid");
+        assert_eq!(plain.broker_address().1, 1883);
+        let secure = connection_options("mqtts://127.0.0.1", "id".into(), None).expect("valid");
+        assert_eq!(secure.broker_address().1, 8883);
         assert_eq!(plain.broker_address().1, 1883);
         for bad in ["http://host", "mqtt://", "not a url", "mqtt://u%ff:p@host"] {
-            assert!(connection_options(bad, "id".into()).is_err(), "{bad}");
+            assert!(connection_options(bad, "id".into(), None).is_err(), "{bad}");
         }
     }
 

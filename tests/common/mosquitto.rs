@@ -57,6 +57,27 @@ impl Mosquitto {
         }
     }
 
+    /// Anonymous clients, over TLS only, with the PEM `cert` and `key`.
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Self {
+        let port = free_port();
+        let config = dir.join("mosquitto-tls.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\ncertfile {}\nkeyfile {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .expect("mosquitto config");
+        let child = spawn(&config, port);
+        Self {
+            port,
+            config,
+            child,
+        }
+    }
+
     /// Stops the broker the way an operator would (SIGTERM: it saves its
     /// persistent sessions and queued messages) and starts it again on the
     /// same port.

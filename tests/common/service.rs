@@ -19,6 +19,8 @@ pub struct Service {
     pub url: String,
     /// The embedded MQTT broker's port.
     pub mqtt_port: u16,
+    /// Its MQTT over TLS port, when `mqtt.tls_listen` is set.
+    pub mqtts_port: Option<u16>,
     child: Child,
     /// Log lines after the address line, for tests that check the log.
     pub log: mpsc::Receiver<String>,
@@ -84,6 +86,7 @@ impl Service {
     /// one's from the log (it binds port 0, so no other process can take
     /// the port between a probe and the bind).
     fn start(dir: &Path, mqtt_port: Option<u16>, mqtt_section: &str, extra_config: &str) -> Self {
+        energyguard::tls::install_default_provider();
         let config = write_config(dir, mqtt_section, extra_config);
         let mut child = Command::new(env!("CARGO_BIN_EXE_energyguard"))
             .args(["serve", "--config"])
@@ -111,15 +114,19 @@ impl Service {
             }
         });
         let mut mqtt_port = mqtt_port;
+        let mut mqtts_port = None;
+        let port = |address: &str| address.rsplit(':').next().and_then(|p| p.parse().ok());
         let url = loop {
             match address_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(address) => match address.strip_prefix("mqtt://") {
-                    Some(mqtt) => {
-                        mqtt_port =
-                            mqtt_port.or(mqtt.rsplit(':').next().and_then(|p| p.parse().ok()));
+                Ok(address) => {
+                    if let Some(mqtt) = address.strip_prefix("mqtt://") {
+                        mqtt_port = mqtt_port.or(port(mqtt));
+                    } else if let Some(mqtts) = address.strip_prefix("mqtts://") {
+                        mqtts_port = port(mqtts);
+                    } else {
+                        break address;
                     }
-                    None => break address,
-                },
+                }
                 Err(_) => {
                     let _ = child.kill();
                     let log: Vec<String> = log_rx.try_iter().collect();
@@ -132,6 +139,7 @@ impl Service {
             dir: dir.to_path_buf(),
             url,
             mqtt_port,
+            mqtts_port,
             child,
             log: log_rx,
             http: reqwest::Client::new(),

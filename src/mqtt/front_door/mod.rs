@@ -30,10 +30,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use super::signalled;
 use inbound::{Admission, DoorRules, FrameError, Inbound};
@@ -48,21 +49,38 @@ const REPLIES_QUEUED: usize = 64;
 /// running for the life of the process.
 pub struct FrontDoor {
     closing: watch::Sender<bool>,
-    accepting: JoinHandle<()>,
+    accepting: Vec<JoinHandle<()>>,
+}
+
+/// A listener of the door: plain MQTT, or MQTT over TLS.
+pub struct DoorListener {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl FrontDoor {
-    /// Relays every connection accepted on `listener` to `broker`, up to
-    /// `max_connections` at once.
+    /// Relays every connection accepted on `listeners` to `broker`, up to
+    /// `max_connections` at once on all of them together.
     pub fn open(
-        listener: TcpListener,
+        listeners: Vec<DoorListener>,
         broker: SocketAddr,
         rules: Arc<DoorRules>,
         max_connections: usize,
     ) -> Self {
         let (closing, closed) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(max_connections));
-        let accepting = tokio::spawn(accept_loop(listener, broker, rules, slots, closed));
+        let accepting = listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(accept_loop(
+                    listener,
+                    broker,
+                    rules.clone(),
+                    slots.clone(),
+                    closed.clone(),
+                ))
+            })
+            .collect();
         Self { closing, accepting }
     }
 
@@ -71,17 +89,19 @@ impl FrontDoor {
     /// Returns whether it did so in time.
     pub async fn close(self, timeout: Duration) -> bool {
         let _ = self.closing.send(true);
-        tokio::time::timeout(timeout, self.accepting).await.is_ok()
+        let all = futures::future::join_all(self.accepting);
+        tokio::time::timeout(timeout, all).await.is_ok()
     }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    door: DoorListener,
     broker: SocketAddr,
     rules: Arc<DoorRules>,
     slots: Arc<Semaphore>,
     closing: watch::Receiver<bool>,
 ) {
+    let DoorListener { listener, tls } = door;
     let mut relays = JoinSet::new();
     let mut stop = closing.clone();
     loop {
@@ -89,9 +109,20 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        let relay = relay(client, broker, rules.clone(), closing.clone());
+                        let _ = client.set_nodelay(true);
+                        let (rules, closing, tls) = (rules.clone(), closing.clone(), tls.clone());
                         relays.spawn(async move {
-                            relay.await;
+                            match tls {
+                                None => relay(client, broker, rules, closing).await,
+                                Some(acceptor) => {
+                                    let handshake = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(client));
+                                    match handshake.await {
+                                        Ok(Ok(client)) => relay(client, broker, rules, closing).await,
+                                        Ok(Err(error)) => tracing::debug!(%peer, %error, "MQTT TLS handshake failed"),
+                                        Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out"),
+                                    }
+                                }
+                            }
                             drop(slot);
                         });
                     }
@@ -124,13 +155,12 @@ async fn accept_loop(
 /// ends once the broker has closed its side (its acks still reach the
 /// client).
 async fn relay(
-    client: TcpStream,
+    client: impl AsyncRead + AsyncWrite + Send + 'static,
     broker: SocketAddr,
     rules: Arc<DoorRules>,
     mut closing: watch::Receiver<bool>,
 ) {
-    let _ = client.set_nodelay(true);
-    let (mut client_read, mut client_write) = client.into_split();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
     let max_packet_bytes = rules.max_packet_bytes;
     let (replies, replies_out) = mpsc::channel(REPLIES_QUEUED);
     let mut inbound = Inbound::new(rules, replies);
