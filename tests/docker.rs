@@ -116,9 +116,24 @@ fn the_compose_file_has_the_broker_the_service_their_volumes_and_ports() {
     assert_eq!(named, ["mosquitto-data", "energyguard-data"]);
     assert!(strings(&broker["volumes"]).contains(&"mosquitto-data:/mosquitto/data".to_string()));
     assert!(strings(&service["volumes"]).contains(&"energyguard-data:/data".to_string()));
-    let config_mount = "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro".to_string();
-    assert!(strings(&broker["volumes"]).contains(&config_mount));
+    for mount in [
+        "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro",
+        "./mosquitto.passwd:/mosquitto/config/passwd:ro",
+        "./mosquitto.acl:/mosquitto/config/acl:ro",
+    ] {
+        assert!(
+            strings(&broker["volumes"]).contains(&mount.to_string()),
+            "{mount}"
+        );
+    }
     let conf = docker_file("mosquitto.conf");
+    for line in [
+        "allow_anonymous false",
+        "password_file /mosquitto/config/passwd",
+        "acl_file /mosquitto/config/acl",
+    ] {
+        assert!(conf.lines().any(|l| l.trim() == line), "{line} in {conf}");
+    }
     assert!(
         conf.lines().any(|l| l.trim() == "persistence true"),
         "{conf}"
@@ -142,10 +157,10 @@ fn every_compose_variable_is_a_config_key_and_they_load_together() {
             value.as_str().expect("a string value"),
         );
         assert!(name.starts_with("ENERGYGUARD_"), "{name}");
-        if name == API_TOKEN_ENV {
+        if name == API_TOKEN_ENV || name == "ENERGYGUARD_MQTT__PASSWORD" {
             assert!(
-                value.starts_with("${ENERGYGUARD_API_TOKEN:?"),
-                "the token must come from the operator's environment, not the file: {value}"
+                value.starts_with("${ENERGYGUARD_"),
+                "secrets must come from the operator's environment, not the file: {value}"
             );
             continue;
         }
@@ -157,6 +172,7 @@ fn every_compose_variable_is_a_config_key_and_they_load_together() {
     assert!(!config.mqtt.embedded);
     assert_eq!(config.mqtt.url.as_deref(), Some("mqtt://mosquitto:1883"));
     assert_eq!(config.mqtt.batch_messages, 1000);
+    assert_eq!(config.mqtt.username.as_deref(), Some("energyguard"));
     // The check has teeth: an unknown key is refused by the same loader.
     let typo = [("ENERGYGUARD_MQTT__EMBEDED".to_string(), "false".to_string())];
     assert!(load_with(&typo).is_err());

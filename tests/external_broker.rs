@@ -259,3 +259,41 @@ async fn a_parked_reading_survives_a_sigkill_and_is_stored_once_after_recovery()
     )
     .await;
 }
+
+/// The compose file's mosquitto rights (`docker/mosquitto.acl`) on a real
+/// mosquitto: meters store readings but forge no alert, EnergyGuard reads
+/// readings and publishes alerts as user `energyguard`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_acl_lets_meters_publish_and_only_energyguard_alert() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/mosquitto.acl");
+    let users = [
+        ("energyguard", "eg-password"),
+        ("meters", "meter-password"),
+        ("watchers", "watch-password"),
+    ];
+    let broker = Mosquitto::start_with_acl(dir.path(), &users, Some(&acl));
+    let s = Service::start_with_broker_as(
+        dir.path(),
+        broker.port,
+        "url = \"mqtt://127.0.0.1:{port}\"\nusername = \"energyguard\"\npassword = \"eg-password\"",
+    );
+    s.wait_subscribed().await;
+    s.post("/set_threshold", json!({"sensor_id": "acl", "max": 10}))
+        .await;
+    let meter = connect_as(broker.port, "m", Some(users[1]), &[]).await;
+    meter
+        .publish_retained(
+            "energyguard/alerts/acl",
+            json!({"sensor_id": "acl", "state": "forged"}).to_string(),
+        )
+        .await;
+    let mut watcher = connect_as(broker.port, "w", Some(users[2]), &["energyguard/alerts/#"]).await;
+    meter.publish_reading("acl", T0, 50).await;
+    wait_stored(&s, 1).await;
+    let alert: Value = serde_json::from_slice(&watcher.next().await.payload).expect("JSON");
+    assert_eq!(
+        alert["state"], "firing",
+        "the real alert, not the forged one"
+    );
+}

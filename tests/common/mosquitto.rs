@@ -23,23 +23,37 @@ impl Mosquitto {
 
     /// With `user` (name, password), only that user may connect.
     pub fn start_with_user(dir: &Path, user: Option<(&str, &str)>) -> Self {
+        match user {
+            None => Self::with_access(dir, "allow_anonymous true\n".into()),
+            Some(user) => Self::start_with_acl(dir, &[user], None),
+        }
+    }
+
+    /// Only `users` (name, password) may connect, with the rights of the
+    /// ACL file `acl`, if any.
+    pub fn start_with_acl(dir: &Path, users: &[(&str, &str)], acl: Option<&Path>) -> Self {
+        let file = dir.join("mosquitto.passwd");
+        for (i, (name, password)) in users.iter().enumerate() {
+            let created = Command::new("mosquitto_passwd")
+                .arg("-b")
+                .args(if i == 0 { &["-c"][..] } else { &[] })
+                .arg(&file)
+                .args([name, password])
+                .status()
+                .expect("run mosquitto_passwd");
+            assert!(created.success(), "mosquitto_passwd failed");
+        }
+        let mut access = format!("allow_anonymous false\npassword_file {}\n", file.display());
+        if let Some(acl) = acl {
+            access.push_str(&format!("acl_file {}\n", acl.display()));
+        }
+        Self::with_access(dir, access)
+    }
+
+    fn with_access(dir: &Path, access: String) -> Self {
         let port = free_port();
         let store = dir.join("mosquitto");
         std::fs::create_dir_all(&store).expect("mosquitto dir");
-        let access = match user {
-            None => "allow_anonymous true\n".to_string(),
-            Some((name, password)) => {
-                let file = dir.join("mosquitto.passwd");
-                let created = Command::new("mosquitto_passwd")
-                    .args(["-b", "-c"])
-                    .arg(&file)
-                    .args([name, password])
-                    .status()
-                    .expect("run mosquitto_passwd");
-                assert!(created.success(), "mosquitto_passwd failed");
-                format!("allow_anonymous false\npassword_file {}\n", file.display())
-            }
-        };
         let config = dir.join("mosquitto.conf");
         std::fs::write(
             &config,
