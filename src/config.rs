@@ -448,6 +448,17 @@ impl Config {
             ));
         }
         self.validate_mqtt_users()?;
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.token.chars().count() < crate::http::auth::MIN_TOKEN_CHARS {
+                return Err(ConfigError::invalid(
+                    &format!("auth.tokens[{i}].token"),
+                    format!(
+                        "must have at least {} characters",
+                        crate::http::auth::MIN_TOKEN_CHARS
+                    ),
+                ));
+            }
+        }
         if !self.mqtt.embedded && self.mqtt.url.is_none() {
             return Err(ConfigError::invalid(
                 "mqtt.url",

@@ -59,6 +59,8 @@ pub enum ServeError {
     MqttUrl(#[from] crate::mqtt::UrlError),
     #[error("{0}: {1}")]
     Tls(&'static str, crate::tls::TlsError),
+    #[error("API tokens: {0}")]
+    Auth(#[from] crate::http::auth::AuthError),
 }
 
 /// One Prometheus recorder per process (the `metrics` facade is global).
@@ -134,6 +136,7 @@ pub async fn run(
         )),
         _ => None,
     };
+    create_private_dir(&data_dir)?;
     tracing::info!(data_dir = %data_dir.display(), "opening storage nodes");
     let spec = PlacementSpec {
         settings: config.replication.settings(),
@@ -197,6 +200,19 @@ pub async fn run(
     replicator.close().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing, the last readable by this
+/// user only (0700): it holds every reading and the generated admin token.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// How long a client may take to send a request's headers (and a TLS

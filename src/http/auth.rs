@@ -18,6 +18,26 @@ pub struct Auth {
     tokens: Vec<(Vec<u8>, Role)>,
 }
 
+/// Tokens shorter than this are refused: a short token can be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Why the tokens cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("ENERGYGUARD_API_TOKEN must have at least {MIN_TOKEN_CHARS} characters")]
+    ShortEnvToken,
+    #[error(
+        "{path} can be read by other users (mode {mode:o}): run `chmod 600 {path}`, or delete it \
+         and a new admin token is generated"
+    )]
+    ReadableByOthers { path: String, mode: u32 },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 /// Where an admin token came from when none was configured.
 pub enum GeneratedToken {
     None,
@@ -26,32 +46,41 @@ pub enum GeneratedToken {
 }
 
 impl Auth {
-    /// Tokens from the config and `ENERGYGUARD_API_TOKEN`; with neither, an
-    /// admin token in `<data_dir>/admin.token` (created with mode 0600 on
-    /// first start, reused afterwards).
+    /// Tokens from the config (their length checked with the config) and
+    /// `ENERGYGUARD_API_TOKEN`; with neither, an admin token in
+    /// `<data_dir>/admin.token` (created with mode 0600 on first start,
+    /// reused afterwards only while no other user can read it).
     pub fn load(
         configured: &[TokenConfig],
         env_token: Option<String>,
         data_dir: &Path,
-    ) -> std::io::Result<(Self, GeneratedToken)> {
+    ) -> Result<(Self, GeneratedToken), AuthError> {
         let mut tokens: Vec<(Vec<u8>, Role)> = configured
             .iter()
             .map(|t| (t.token.as_bytes().to_vec(), t.role))
             .collect();
         if let Some(token) = env_token.filter(|t| !t.is_empty()) {
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(AuthError::ShortEnvToken);
+            }
             tokens.push((token.into_bytes(), Role::Admin));
         }
         let mut generated = GeneratedToken::None;
         if tokens.is_empty() {
             let path = data_dir.join("admin.token");
+            let io = |source| AuthError::Io {
+                path: path.display().to_string(),
+                source,
+            };
             let token = match std::fs::read_to_string(&path) {
                 Ok(existing) if !existing.trim().is_empty() => {
+                    refuse_if_readable_by_others(&path)?;
                     generated = GeneratedToken::Reused(path);
                     existing.trim().to_string()
                 }
                 _ => {
                     let token = new_token();
-                    write_private(&path, &token)?;
+                    write_private(&path, &token).map_err(io)?;
                     generated = GeneratedToken::Created(path);
                     token
                 }
@@ -79,6 +108,28 @@ impl Auth {
 fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token file another user could read is refused rather than trusted.
+fn refuse_if_readable_by_others(path: &Path) -> Result<(), AuthError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| AuthError::Io {
+                path: path.display().to_string(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(AuthError::ReadableByOthers {
+                path: path.display().to_string(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
@@ -185,5 +236,16 @@ mod tests {
             matches!(again, GeneratedToken::Reused(_)),
             "the token survives restarts"
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let refused = Auth::load(&[], None, dir.path()).err().expect("refused");
+            assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        }
+        let short = Auth::load(&[], Some("a".into()), dir.path())
+            .err()
+            .expect("refused");
+        assert!(matches!(short, AuthError::ShortEnvToken));
     }
 }
