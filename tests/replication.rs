@@ -555,3 +555,31 @@ async fn invalid_configurations_are_refused_and_change_nothing() {
         Err(ReplicationError::UnknownNode(_))
     ));
 }
+
+/// An update racing a delete of the same key is decided against the same
+/// version: whenever the delete reports it deleted the key, the key stays
+/// deleted, whichever finished last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_never_brings_back_a_key_deleted_concurrently() {
+    // SQLite nodes: a read and a write take long enough for the two to
+    // interleave when nothing orders them.
+    let cluster = sqlite_node_cluster(3, settings(StrategyKind::Consistent, 2, 1)).await;
+    let replicator = cluster.replicator.clone();
+    for i in 0..300 {
+        let reading = reading("race", i, 1.0);
+        let key = reading.key.clone();
+        replicator.put(vec![reading]).await.expect("put");
+        let (updater, deleter) = (replicator.clone(), replicator.clone());
+        let (k1, k2) = (key.clone(), key.clone());
+        let update = tokio::spawn(async move { updater.update(&k1, 2.0, None).await });
+        let delete = tokio::spawn(async move { deleter.delete(&k2).await });
+        let (updated, deleted) = (update.await.expect("task"), delete.await.expect("task"));
+        assert!(deleted.expect("delete"), "the key existed");
+        let _ = updated.expect("update");
+        assert_eq!(
+            value_of(&replicator, &key).await,
+            None,
+            "round {i}: an update brought back a deleted key"
+        );
+    }
+}

@@ -109,7 +109,15 @@ pub struct Replicator {
     closed: AtomicBool,
     /// Point reads served, to pick the ones that repair.
     reads: AtomicU64,
+    /// Update and delete read a key, then write it: each holds its key's
+    /// stripe from the read to the write, so they are decided against the
+    /// same version and an update never brings back a key deleted in
+    /// between. (One service coordinates writes; see the crate docs.)
+    key_stripes: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Replicator::key_stripes`].
+const KEY_STRIPES: usize = 256;
 
 impl Replicator {
     /// Opens the cluster: the placement persisted by an earlier run wins over
@@ -194,6 +202,9 @@ impl Replicator {
             mover_wakeup: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             reads: AtomicU64::new(1),
+            key_stripes: (0..KEY_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         Ok(replicator)
     }
@@ -295,6 +306,7 @@ impl Replicator {
         value: f64,
         unit: Option<crate::reading::Unit>,
     ) -> ReplicationResult<bool> {
+        let _decided = self.stripe(key).lock().await;
         let Some(existing) = self.get(key).await? else {
             return Ok(false);
         };
@@ -308,8 +320,16 @@ impl Replicator {
         Ok(true)
     }
 
+    fn stripe(&self, key: &Key) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key);
+        &self.key_stripes[(hash as usize) % KEY_STRIPES]
+    }
+
     /// Deletes a measurement (a versioned tombstone); `false` if there is none.
     pub async fn delete(&self, key: &Key) -> ReplicationResult<bool> {
+        let _decided = self.stripe(key).lock().await;
         if self.get(key).await?.is_none() {
             return Ok(false);
         }
