@@ -100,20 +100,61 @@ struct Accumulator {
     energy: f64,
 }
 
-/// Aggregates `points` (timestamp ms, value), given in time order, into
-/// buckets of `every_ms` aligned to the epoch. Buckets without readings are
+/// Buckets in one answer at most: more is refused before they are made.
+pub const MAX_BUCKETS: usize = 100_000;
+
+/// The shortest and longest `every`.
+pub const MIN_EVERY_MS: i64 = 1_000;
+pub const MAX_EVERY_MS: i64 = 366 * 86_400_000;
+
+/// An answer would hold more than [`MAX_BUCKETS`] buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyBuckets;
+
+/// Aggregates points (timestamp ms, value) pushed in time order into
+/// buckets of `every_ms` aligned to the epoch, holding at most
+/// [`MAX_BUCKETS`] of them: a point or a bridged segment that would need
+/// more is refused before its buckets are made. Buckets without readings are
 /// left out, except that `energy` also reports buckets a bridged segment
-/// crossed.
-pub fn aggregate(
-    points: &[(i64, f64)],
+/// crossed. Memory: the buckets, whatever the number of points.
+pub struct Aggregator {
     every_ms: i64,
     agg: Aggregate,
     max_gap_ms: i64,
-) -> Vec<Bucket> {
-    let start_of = |ts: i64| ts.div_euclid(every_ms) * every_ms;
-    let mut buckets: BTreeMap<i64, Accumulator> = BTreeMap::new();
-    for &(ts, value) in points {
-        let b = buckets.entry(start_of(ts)).or_insert_with(|| Accumulator {
+    buckets: BTreeMap<i64, Accumulator>,
+    previous: Option<(i64, f64)>,
+}
+
+impl Aggregator {
+    pub fn new(every_ms: i64, agg: Aggregate, max_gap_ms: i64) -> Self {
+        Self {
+            every_ms,
+            agg,
+            max_gap_ms,
+            buckets: BTreeMap::new(),
+            previous: None,
+        }
+    }
+
+    fn start_of(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.every_ms) * self.every_ms
+    }
+
+    /// Whether `more` new buckets still fit.
+    fn room_for(&self, more: usize) -> Result<(), TooManyBuckets> {
+        if self.buckets.len().saturating_add(more) > MAX_BUCKETS {
+            Err(TooManyBuckets)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn push(&mut self, ts: i64, value: f64) -> Result<(), TooManyBuckets> {
+        let start = self.start_of(ts);
+        if !self.buckets.contains_key(&start) {
+            self.room_for(1)?;
+        }
+        let b = self.buckets.entry(start).or_insert_with(|| Accumulator {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             ..Accumulator::default()
@@ -123,39 +164,68 @@ pub fn aggregate(
         b.min = b.min.min(value);
         b.max = b.max.max(value);
         b.last = value;
-    }
-    if agg == Aggregate::Energy {
-        for pair in points.windows(2) {
-            let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
-            if t1 <= t0 || t1 - t0 > max_gap_ms {
-                continue;
-            }
-            let value_at = |t: i64| v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64;
-            let mut from = t0;
-            while from < t1 {
-                let to = (start_of(from) + every_ms).min(t1);
-                let area = (value_at(from) + value_at(to)) / 2.0 * (to - from) as f64 / HOUR_MS;
-                buckets.entry(start_of(from)).or_default().energy += area;
-                from = to;
-            }
+        if self.agg == Aggregate::Energy
+            && let Some((t0, v0)) = self.previous
+        {
+            self.bridge((t0, v0), (ts, value))?;
         }
+        self.previous = Some((ts, value));
+        Ok(())
     }
-    buckets
-        .into_iter()
-        .map(|(timestamp, b)| Bucket {
-            timestamp,
-            count: b.count,
-            value: match agg {
-                Aggregate::Mean => b.sum / b.count as f64,
-                Aggregate::Min => b.min,
-                Aggregate::Max => b.max,
-                Aggregate::Sum => b.sum,
-                Aggregate::Count => b.count as f64,
-                Aggregate::Last => b.last,
-                Aggregate::Energy => b.energy,
-            },
-        })
-        .collect()
+
+    /// Shares the trapezoid between two readings among the buckets it
+    /// crosses.
+    fn bridge(&mut self, (t0, v0): (i64, f64), (t1, v1): (i64, f64)) -> Result<(), TooManyBuckets> {
+        if t1 <= t0 || t1 - t0 > self.max_gap_ms {
+            return Ok(());
+        }
+        let crossed = ((self.start_of(t1) - self.start_of(t0)) / self.every_ms) as usize;
+        self.room_for(crossed)?;
+        let value_at = |t: i64| v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64;
+        let mut from = t0;
+        while from < t1 {
+            let start = self.start_of(from);
+            let to = (start + self.every_ms).min(t1);
+            let area = (value_at(from) + value_at(to)) / 2.0 * (to - from) as f64 / HOUR_MS;
+            self.buckets.entry(start).or_default().energy += area;
+            from = to;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Vec<Bucket> {
+        let agg = self.agg;
+        self.buckets
+            .into_iter()
+            .map(|(timestamp, b)| Bucket {
+                timestamp,
+                count: b.count,
+                value: match agg {
+                    Aggregate::Mean => b.sum / b.count as f64,
+                    Aggregate::Min => b.min,
+                    Aggregate::Max => b.max,
+                    Aggregate::Sum => b.sum,
+                    Aggregate::Count => b.count as f64,
+                    Aggregate::Last => b.last,
+                    Aggregate::Energy => b.energy,
+                },
+            })
+            .collect()
+    }
+}
+
+/// [`Aggregator`] over points given at once, in time order.
+pub fn aggregate(
+    points: &[(i64, f64)],
+    every_ms: i64,
+    agg: Aggregate,
+    max_gap_ms: i64,
+) -> Result<Vec<Bucket>, TooManyBuckets> {
+    let mut aggregator = Aggregator::new(every_ms, agg, max_gap_ms);
+    for &(ts, value) in points {
+        aggregator.push(ts, value)?;
+    }
+    Ok(aggregator.finish())
 }
 
 #[cfg(test)]
@@ -179,6 +249,7 @@ mod tests {
         let points = [(0, 1.0), (MIN / 2, 3.0), (MIN, 10.0), (3 * MIN, 4.0)];
         let values = |agg| {
             aggregate(&points, MIN, agg, 15 * MIN)
+                .expect("within the cap")
                 .iter()
                 .map(|b| (b.timestamp, b.value, b.count))
                 .collect::<Vec<_>>()
@@ -198,7 +269,8 @@ mod tests {
     fn energy_is_the_trapezoid_integral_in_unit_hours() {
         // A steady 1,000 W for two hours, sampled every 30 minutes: 1 kWh per hour.
         let points: Vec<(i64, f64)> = (0..=4).map(|i| (i * 30 * MIN, 1_000.0)).collect();
-        let buckets = aggregate(&points, 60 * MIN, Aggregate::Energy, 60 * MIN);
+        let buckets =
+            aggregate(&points, 60 * MIN, Aggregate::Energy, 60 * MIN).expect("within the cap");
         let energy: Vec<f64> = buckets.iter().map(|b| b.value).collect();
         assert_eq!(energy, vec![1_000.0, 1_000.0, 0.0]);
         // A ramp 0 → 100 W over one hour is 50 Wh, split at the half hour
@@ -208,7 +280,8 @@ mod tests {
             30 * MIN,
             Aggregate::Energy,
             60 * MIN,
-        );
+        )
+        .expect("within the cap");
         assert_eq!(
             ramp.iter().map(|b| b.value).collect::<Vec<_>>(),
             vec![12.5, 37.5, 0.0]
@@ -219,9 +292,32 @@ mod tests {
     fn energy_does_not_bridge_long_gaps() {
         let points = [(0, 100.0), (15 * MIN, 100.0), (120 * MIN, 100.0)];
         let total: f64 = aggregate(&points, 60 * MIN, Aggregate::Energy, 15 * MIN)
+            .expect("within the cap")
             .iter()
             .map(|b| b.value)
             .sum();
         assert_eq!(total, 25.0, "only the first quarter hour counts");
+    }
+
+    #[test]
+    fn more_buckets_than_the_cap_are_refused_before_they_are_made() {
+        // Two readings a day apart, bridged by the second: 86,400 buckets
+        // fit, a million do not.
+        let day = 86_400_000;
+        let points = [(0, 1.0), (day, 1.0)];
+        let fits = aggregate(&points, 1_000, Aggregate::Energy, 2 * day).expect("fits");
+        assert_eq!(fits.len(), 86_401);
+        let eleven_days = [(0, 1.0), (11 * day, 1.0)];
+        assert_eq!(
+            aggregate(&eleven_days, 1_000, Aggregate::Energy, 12 * day),
+            Err(TooManyBuckets)
+        );
+        // Without energy, each reading's own bucket counts.
+        let many: Vec<(i64, f64)> = (0..=MAX_BUCKETS as i64).map(|i| (i * 1_000, 1.0)).collect();
+        assert_eq!(
+            aggregate(&many, 1_000, Aggregate::Mean, MIN),
+            Err(TooManyBuckets)
+        );
+        assert!(aggregate(&many[1..], 1_000, Aggregate::Mean, MIN).is_ok());
     }
 }

@@ -137,3 +137,45 @@ async fn a_body_that_stops_is_dropped_and_sigterm_waits_at_most_the_grace() {
         "nothing stored"
     );
 }
+
+/// A read-only token cannot make the service build millions of buckets:
+/// `every` has bounds, and an answer of more than 100,000 buckets is
+/// refused with the limit before they are made.
+#[tokio::test]
+async fn history_buckets_are_bounded_before_they_are_made() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let t0 = 1_751_738_400;
+    for (ts, value) in [(t0, 100.0), (t0 + 2 * 86_400, 100.0)] {
+        let (status, _) = s
+            .call(
+                reqwest::Method::POST,
+                "/ingest",
+                Some(WRITE_TOKEN),
+                Some(serde_json::json!({"sensor_id": "h", "timestamp": ts, "value": value})),
+            )
+            .await;
+        assert!(status.is_success());
+    }
+    let (status, body) = s.get("/sensor/h/history?every=1ms&agg=mean").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "every");
+    let (status, body) = s
+        .get("/sensor/h/history?every=1s&agg=energy&max_gap=3d")
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["limit"], 100_000);
+    let (status, body) = s
+        .get(&format!(
+            "/sensor/h/history?every=1s&agg=mean&from={t0}&to={}",
+            t0 + 200_000
+        ))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["limit"], 100_000);
+    let (status, body) = s
+        .get("/sensor/h/history?every=1h&agg=energy&max_gap=3d")
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(49));
+}

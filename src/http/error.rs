@@ -28,6 +28,10 @@ pub enum ApiError {
     TooLarge {
         limit: usize,
     },
+    /// 400: a history answer would hold more buckets than `limit`.
+    TooManyBuckets {
+        limit: usize,
+    },
     /// 503: not enough replicas up.
     Unavailable {
         required: usize,
@@ -91,6 +95,14 @@ impl IntoResponse for ApiError {
             Self::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": format!("request body is larger than {limit} bytes"), "limit": limit}),
+            ),
+            Self::TooManyBuckets { limit } => (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": format!("the answer would hold more than {limit} buckets: choose a longer `every` or a shorter range"),
+                    "field": "every",
+                    "limit": limit,
+                }),
             ),
             Self::Unavailable {
                 required,

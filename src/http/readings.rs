@@ -181,6 +181,9 @@ pub async fn history(
         .text("every")
         .map(|e| history::parse_duration("every", e))
         .transpose()?;
+    if every.is_some_and(|ms| !(history::MIN_EVERY_MS..=history::MAX_EVERY_MS).contains(&ms)) {
+        return Err(ApiError::bad("every", "must be between 1s and 366d"));
+    }
     let agg = q.parsed::<Aggregate>("agg")?;
     let max_gap = q
         .text("max_gap")
@@ -217,9 +220,16 @@ pub async fn history(
             paged::measurements(&state.replicator, range, limit, format).await
         }
         Some(every) => {
-            let points = all_points(&state, range).await?;
-            let mut buckets =
-                history::aggregate(&points, every, agg.unwrap_or(Aggregate::Mean), max_gap);
+            if let (Some(from), Some(to)) = (range.from_ms, range.to_ms)
+                && (to - from) / every >= history::MAX_BUCKETS as i64
+            {
+                return Err(ApiError::TooManyBuckets {
+                    limit: history::MAX_BUCKETS,
+                });
+            }
+            let aggregator =
+                history::Aggregator::new(every, agg.unwrap_or(Aggregate::Mean), max_gap);
+            let mut buckets = aggregate_pages(&state, range, aggregator).await?;
             buckets.truncate(limit);
             Ok(if csv {
                 buckets_csv(&buckets)
@@ -230,10 +240,17 @@ pub async fn history(
     }
 }
 
-/// Every (timestamp, value) in the range, read page by page.
-async fn all_points(state: &AppState, range: Scan) -> Result<Vec<(i64, f64)>, ApiError> {
+/// The buckets of every reading in the range, read page by page (a page at
+/// a time in memory, whatever the range holds).
+async fn aggregate_pages(
+    state: &AppState,
+    range: Scan,
+    mut aggregator: history::Aggregator,
+) -> Result<Vec<history::Bucket>, ApiError> {
     const PAGE: usize = 100_000;
-    let mut points = Vec::new();
+    let too_many = |_| ApiError::TooManyBuckets {
+        limit: history::MAX_BUCKETS,
+    };
     let mut after = None;
     loop {
         let page = state
@@ -246,12 +263,15 @@ async fn all_points(state: &AppState, range: Scan) -> Result<Vec<(i64, f64)>, Ap
             .await?;
         let full = page.len() == PAGE;
         after = page.last().map(|r| r.key.clone());
-        points.extend(
-            page.into_iter()
-                .filter_map(|r| r.sample.map(|s| (r.key.timestamp_ms, s.value))),
-        );
+        for record in page {
+            if let Some(sample) = record.sample {
+                aggregator
+                    .push(record.key.timestamp_ms, sample.value)
+                    .map_err(too_many)?;
+            }
+        }
         if !full {
-            return Ok(points);
+            return Ok(aggregator.finish());
         }
     }
 }
