@@ -179,3 +179,46 @@ async fn history_buckets_are_bounded_before_they_are_made() {
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     assert_eq!(body.as_array().map(Vec::len), Some(49));
 }
+
+/// The service's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        / 1024
+}
+
+/// Four 16 MiB bodies of empty objects at once are each refused at their
+/// first item, others are served meanwhile, and memory stays near the
+/// bodies' own size (they cost 676 MB each when parsed whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_are_refused_at_their_first_bad_item() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let before = peak_rss_mib(s.pid());
+    let body = format!("[{}{{}}]", "{},".repeat(16 * 1024 * 1024 / 3 - 1));
+    assert!(body.len() <= 16 * 1024 * 1024);
+    let posts = (0..4).map(|_| {
+        s.http
+            .post(format!("{}/ingest", s.url))
+            .bearer_auth(WRITE_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    });
+    let (answers, health) = tokio::join!(futures::future::join_all(posts), s.get("/healthz"));
+    assert!(health.0.is_success());
+    for answer in answers {
+        let answer = answer.expect("an answer");
+        assert_eq!(answer.status(), reqwest::StatusCode::BAD_REQUEST);
+        let error: serde_json::Value = answer.json().await.expect("JSON");
+        assert_eq!(error["field"], "[0].value", "{error}");
+    }
+    let after = peak_rss_mib(s.pid());
+    eprintln!("peak RSS {before} MiB before, {after} MiB after four hostile 16 MiB bodies");
+    assert!(after < before + 300, "peak RSS grew from {before} to {after} MiB");
+    assert_eq!(s.get("/measurements").await.1, serde_json::json!([]));
+}

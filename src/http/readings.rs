@@ -37,12 +37,26 @@ fn measurement(record: Record) -> Option<Measurement> {
     record.sample.map(|s| Measurement::new(key, s))
 }
 
+/// Bodies up to this size are parsed where they arrive (tens of
+/// microseconds); larger ones on a blocking thread.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
 pub async fn ingest(
     State(state): State<AppState>,
     _: Authorized<Writer>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let parsed = parse_body(&body, None, now_ms(), MAX_BATCH).map_err(|error| match error {
+    let received = now_ms();
+    // A large body is parsed on a blocking thread, so a few of them at once
+    // cannot stall every request on the async workers.
+    let parsed = if body.len() > INLINE_PARSE_BYTES {
+        tokio::task::spawn_blocking(move || parse_body(&body, None, received, MAX_BATCH))
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing the body: {e}")))?
+    } else {
+        parse_body(&body, None, received, MAX_BATCH)
+    };
+    let parsed = parsed.map_err(|error| match error {
         BodyError::NotUtf8(e) => ApiError::bad("body", format!("not valid UTF-8: {e}")),
         BodyError::NotJson(e) => not_json(e),
         BodyError::TooMany { max } => {

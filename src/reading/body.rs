@@ -11,6 +11,11 @@
 //! `Fields::into_reading`, so they apply the same rules; the first only
 //! ever accepts what the second would accept, with the same result (a test
 //! holds them to that).
+//!
+//! Memory: an array is read one item at a time ([`EachItem`]), keeping only
+//! the readings; both reads stop at the first item they refuse and at item
+//! `max + 1`. A hostile body (a million empty objects, an array past the
+//! limit) costs a few of its items, never a tree of all of them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -61,17 +66,93 @@ pub fn parse_body(
     max: usize,
 ) -> Result<Parsed, BodyError> {
     parse_borrowed(body, topic_sensor, received_ms, max)
-        .map_or_else(|| parse_explained(body, topic_sensor, received_ms, max), Ok)
+        .unwrap_or_else(|| parse_explained(body, topic_sensor, received_ms, max))
+}
+
+/// Why [`EachItem`] stopped reading an array early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Item `max + 1` was seen.
+    TooMany,
+    /// The item's taker refused it.
+    Refused,
+}
+
+/// Reads a JSON array item by item, handing each to `take` (which answers
+/// whether to go on), and stops with a note in `stop` at the first refused
+/// item or at item `max + 1`.
+struct EachItem<'f, T, F> {
+    max: usize,
+    take: &'f mut F,
+    stop: &'f mut Option<Stop>,
+    item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'f, T, F> EachItem<'f, T, F> {
+    fn new(max: usize, take: &'f mut F, stop: &'f mut Option<Stop>) -> Self {
+        Self {
+            max,
+            take,
+            stop,
+            item: std::marker::PhantomData,
+        }
+    }
+
+    /// Reads `body`, which must be one array and nothing after it.
+    fn read<'de>(self, body: &'de [u8]) -> Result<(), serde_json::Error>
+    where
+        T: Deserialize<'de>,
+        F: FnMut(T) -> bool,
+    {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        de::DeserializeSeed::deserialize(self, &mut deserializer)?;
+        deserializer.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>, F: FnMut(T) -> bool> de::DeserializeSeed<'de>
+    for EachItem<'_, T, F>
+{
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>, F: FnMut(T) -> bool> Visitor<'de> for EachItem<'_, T, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of readings")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut seen = 0;
+        while let Some(item) = seq.next_element::<T>()? {
+            if seen == self.max {
+                *self.stop = Some(Stop::TooMany);
+                return Err(de::Error::custom("too many readings"));
+            }
+            if !(self.take)(item) {
+                *self.stop = Some(Stop::Refused);
+                return Err(de::Error::custom("a refused reading"));
+            }
+            seen += 1;
+        }
+        Ok(())
+    }
 }
 
 /// The first read: `None` for anything but a well-formed reading object or
-/// array of at most `max` of them with every reading valid.
+/// array of at most `max` of them with every reading valid, or an array
+/// past `max`, refused at once.
 fn parse_borrowed(
     body: &[u8],
     topic_sensor: Option<&SensorId>,
     received_ms: i64,
     max: usize,
-) -> Option<Parsed> {
+) -> Option<Result<Parsed, BodyError>> {
     match body.iter().find(|b| !b.is_ascii_whitespace())? {
         b'{' => {
             let wire: WireReading<'_> = serde_json::from_slice(body).ok()?;
@@ -79,23 +160,29 @@ fn parse_borrowed(
             let reading = fields
                 .into_reading(topic_sensor, received_ms, &mut Names::default())
                 .ok()?;
-            Some(Parsed::One(reading))
+            Some(Ok(Parsed::One(reading)))
         }
         b'[' => {
-            let wire: Vec<WireReading<'_>> = serde_json::from_slice(body).ok()?;
-            if wire.len() > max {
-                return None;
-            }
             let mut names = Names::default();
-            let readings = wire
-                .iter()
-                .map(|w| {
-                    w.fields()
-                        .into_reading(topic_sensor, received_ms, &mut names)
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .ok()?;
-            Some(Parsed::Many(readings))
+            let mut readings = Vec::new();
+            let mut take = |wire: WireReading<'_>| match wire.fields().into_reading(
+                topic_sensor,
+                received_ms,
+                &mut names,
+            ) {
+                Ok(reading) => {
+                    readings.push(reading);
+                    true
+                }
+                Err(_) => false,
+            };
+            let mut stop = None;
+            let read = EachItem::new(max, &mut take, &mut stop).read(body);
+            match (read, stop) {
+                (Ok(()), _) => Some(Ok(Parsed::Many(readings))),
+                (Err(_), Some(Stop::TooMany)) => Some(Err(BodyError::TooMany { max })),
+                (Err(_), _) => None,
+            }
         }
         _ => None,
     }
@@ -110,28 +197,17 @@ fn parse_explained(
     max: usize,
 ) -> Result<Parsed, BodyError> {
     let text = std::str::from_utf8(body).map_err(BodyError::NotUtf8)?;
-    let value: Value = serde_json::from_str(text).map_err(BodyError::NotJson)?;
     let invalid = |index, readings, error| BodyError::Invalid {
         index,
         readings,
         error,
     };
+    if text.trim_start().starts_with('[') {
+        return parse_explained_array(text, topic_sensor, received_ms, max);
+    }
+    let value: Value = serde_json::from_str(text).map_err(BodyError::NotJson)?;
     match (&value, topic_sensor) {
-        (Value::Array(items), _) => {
-            if items.len() > max {
-                return Err(BodyError::TooMany { max });
-            }
-            let mut names = Names::default();
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    parse_reading(item, topic_sensor, received_ms, &mut names)
-                        .map_err(|e| invalid(Some(i), items.len(), e))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Parsed::Many)
-        }
+        (Value::Array(_), _) => unreachable!("arrays are read item by item above"),
         (Value::Number(_), Some(_)) => {
             let bare = Fields {
                 sensor_id: None,
@@ -156,6 +232,42 @@ fn parse_explained(
                 "must be a reading object, an array of them, or a number",
             ),
         )),
+    }
+}
+
+/// The second read of an array: each item as a `Value` in turn, parsed and
+/// dropped, up to the first refused one (named by its index).
+fn parse_explained_array(
+    text: &str,
+    topic_sensor: Option<&SensorId>,
+    received_ms: i64,
+    max: usize,
+) -> Result<Parsed, BodyError> {
+    let mut names = Names::default();
+    let mut readings = Vec::new();
+    let mut refused = None;
+    let mut take = |item: Value| match parse_reading(&item, topic_sensor, received_ms, &mut names) {
+        Ok(reading) => {
+            readings.push(reading);
+            true
+        }
+        Err(error) => {
+            refused = Some(error);
+            false
+        }
+    };
+    let mut stop = None;
+    let read = EachItem::new(max, &mut take, &mut stop).read(text.as_bytes());
+    let index = readings.len();
+    match (read, stop, refused) {
+        (_, Some(Stop::TooMany), _) => Err(BodyError::TooMany { max }),
+        (_, _, Some(error)) => Err(BodyError::Invalid {
+            index: Some(index),
+            readings: index + 1,
+            error,
+        }),
+        (Ok(()), ..) => Ok(Parsed::Many(readings)),
+        (Err(error), ..) => Err(BodyError::NotJson(error)),
     }
 }
 

@@ -384,7 +384,7 @@ impl<'a> Fields<'a> {
         self,
         topic_sensor: Option<&SensorId>,
         received_ms: i64,
-        names: &mut Names<'a>,
+        names: &mut Names,
     ) -> Result<Reading, InvalidInput> {
         let sensor = match (self.sensor_id, topic_sensor) {
             (Some(text), topic) => {
@@ -421,23 +421,24 @@ impl<'a> Fields<'a> {
 
 /// The sensor ids and units already validated while parsing one body: a
 /// batch of thousands of readings from a hundred sensors then validates and
-/// allocates a hundred ids, and its readings share them.
+/// allocates a hundred ids, and its readings share them. Keys are owned, so
+/// a body can be read one item at a time.
 #[derive(Default)]
-pub(crate) struct Names<'a> {
-    sensors: HashMap<&'a str, SensorId>,
-    units: HashMap<&'a str, Unit>,
+pub(crate) struct Names {
+    sensors: HashMap<Box<str>, SensorId>,
+    units: HashMap<Box<str>, Unit>,
 }
 
-impl<'a> Names<'a> {
-    fn sensor(&mut self, text: &'a str) -> Result<SensorId, InvalidInput> {
+impl Names {
+    fn sensor(&mut self, text: &str) -> Result<SensorId, InvalidInput> {
         Self::intern(&mut self.sensors, text)
     }
 
-    fn unit(&mut self, text: &'a str) -> Result<Unit, InvalidInput> {
+    fn unit(&mut self, text: &str) -> Result<Unit, InvalidInput> {
         Self::intern(&mut self.units, text)
     }
 
-    fn intern<T>(known: &mut HashMap<&'a str, T>, text: &'a str) -> Result<T, InvalidInput>
+    fn intern<T>(known: &mut HashMap<Box<str>, T>, text: &str) -> Result<T, InvalidInput>
     where
         T: FromStr<Err = InvalidInput> + Clone,
     {
@@ -445,7 +446,7 @@ impl<'a> Names<'a> {
             return Ok(name.clone());
         }
         let name: T = text.parse()?;
-        known.insert(text, name.clone());
+        known.insert(text.into(), name.clone());
         Ok(name)
     }
 }
@@ -456,11 +457,11 @@ impl<'a> Names<'a> {
 /// omit `sensor_id`, and if it gives one it must match. `received_ms` is the
 /// time of receipt, used when the reading has no timestamp. `names` holds
 /// the sensor ids and units of the body parsed so far.
-pub(crate) fn parse_reading<'a>(
-    value: &'a Value,
+pub(crate) fn parse_reading(
+    value: &Value,
     topic_sensor: Option<&SensorId>,
     received_ms: i64,
-    names: &mut Names<'a>,
+    names: &mut Names,
 ) -> Result<Reading, InvalidInput> {
     let object = value
         .as_object()

@@ -89,11 +89,14 @@ fn the_borrowed_read_takes_exactly_what_the_value_read_accepts() {
             let borrowed = parse_borrowed(text.as_bytes(), topic, NOW, 10);
             let explained = parse_explained(text.as_bytes(), topic, NOW, 10);
             match (&borrowed, &explained) {
-                (Some(b), Ok(e)) => {
+                (Some(Err(b)), _) => panic!("{text}: the first read refused an object: {b:?}"),
+                (Some(Ok(b)), Ok(e)) => {
                     assert_eq!(b, e, "{text} (topic {topic:?})");
                     taken += 1;
                 }
-                (Some(b), Err(e)) => panic!("{text}: first read took {b:?}, second refused: {e:?}"),
+                (Some(Ok(b)), Err(e)) => {
+                    panic!("{text}: first read took {b:?}, second refused: {e:?}")
+                }
                 (None, Ok(e)) => assert!(
                     repeats_a_field,
                     "{text} (topic {topic:?}): only the second read took {e:?}"
@@ -116,7 +119,9 @@ fn arrays_agree_too_and_share_names() {
         r#"{"sensor_id":"a","timestamp":1751738401,"value":3,"unit":"W"}"#,
     ];
     let body = format!("[{}]", items.join(","));
-    let borrowed = parse_borrowed(body.as_bytes(), None, NOW, 10).expect("first read takes it");
+    let borrowed = parse_borrowed(body.as_bytes(), None, NOW, 10)
+        .expect("first read takes it")
+        .expect("valid");
     assert_eq!(
         Ok(&borrowed),
         parse_explained(body.as_bytes(), None, NOW, 10)
@@ -198,4 +203,41 @@ fn refusals_say_what_and_where() {
             other => panic!("{body:?}: {other:?}"),
         }
     }
+}
+
+/// A hostile body costs a few of its items, not a tree of all of them: a
+/// million empty objects is refused at the first, an array past the limit at
+/// item `max + 1`, by both reads.
+#[test]
+fn arrays_are_refused_at_the_first_bad_item_or_past_the_limit() {
+    let empties = format!("[{}{{}}]", "{},".repeat(1_000_000));
+    match parse_body(empties.as_bytes(), None, NOW, 10_000) {
+        Err(BodyError::Invalid {
+            index: Some(0),
+            readings: 1,
+            error,
+        }) => assert_eq!(error.field, "value"),
+        other => panic!("{other:?}"),
+    }
+    let item = r#"{"sensor_id":"a","value":1}"#;
+    let eleven = format!("[{}]", vec![item; 11].join(","));
+    assert!(matches!(
+        parse_body(eleven.as_bytes(), None, NOW, 10),
+        Err(BodyError::TooMany { max: 10 })
+    ));
+    assert!(matches!(
+        parse_explained(eleven.as_bytes(), None, NOW, 10),
+        Err(BodyError::TooMany { max: 10 })
+    ));
+    let ten = format!("[{}]", vec![item; 10].join(","));
+    assert!(matches!(
+        parse_body(ten.as_bytes(), None, NOW, 10),
+        Ok(Parsed::Many(readings)) if readings.len() == 10
+    ));
+    // An item past the limit is refused even if the array is broken later.
+    let broken = format!("[{},{{]", vec![item; 11].join(","));
+    assert!(matches!(
+        parse_body(broken.as_bytes(), None, NOW, 10),
+        Err(BodyError::TooMany { max: 10 })
+    ));
 }
