@@ -220,7 +220,7 @@ fn arrays_are_refused_at_the_first_bad_item_or_past_the_limit() {
         other => panic!("{other:?}"),
     }
     let item = r#"{"sensor_id":"a","value":1}"#;
-    let eleven = format!("[{}]", vec![item; 11].join(","));
+    let eleven = format!("[{}]", [item; 11].join(","));
     assert!(matches!(
         parse_body(eleven.as_bytes(), None, NOW, 10),
         Err(BodyError::TooMany { max: 10 })
@@ -229,13 +229,13 @@ fn arrays_are_refused_at_the_first_bad_item_or_past_the_limit() {
         parse_explained(eleven.as_bytes(), None, NOW, 10),
         Err(BodyError::TooMany { max: 10 })
     ));
-    let ten = format!("[{}]", vec![item; 10].join(","));
+    let ten = format!("[{}]", [item; 10].join(","));
     assert!(matches!(
         parse_body(ten.as_bytes(), None, NOW, 10),
         Ok(Parsed::Many(readings)) if readings.len() == 10
     ));
     // An item past the limit is refused even if the array is broken later.
-    let broken = format!("[{},{{]", vec![item; 11].join(","));
+    let broken = format!("[{},{{]", [item; 11].join(","));
     assert!(matches!(
         parse_body(broken.as_bytes(), None, NOW, 10),
         Err(BodyError::TooMany { max: 10 })
