@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::alerts::AlertService;
 use crate::config::{API_TOKEN_ENV, Config};
+use crate::http::admin::KeyCounts;
 use crate::http::auth::{Auth, GeneratedToken};
 use crate::http::serve::{self, ServeLimits};
 use crate::http::{AppState, Services, router};
@@ -172,6 +173,8 @@ pub async fn run(
     )
     .await?;
 
+    let key_counts = Arc::new(KeyCounts::default());
+    let counting_keys = key_counts.clone().spawn_refresh(replicator.clone());
     let state = AppState::new(Services {
         replicator: replicator.clone(),
         ingestor,
@@ -179,7 +182,7 @@ pub async fn run(
         auth: Arc::new(auth),
         metrics: metrics_handle(),
         mqtt: Some(mqtt.status.clone()),
-        key_counts: Default::default(),
+        key_counts: key_counts.clone(),
     });
     let app = router(state, config.http.max_body_bytes)
         .layer(serve::body_idle_timeout(BODY_IDLE_TIMEOUT));
@@ -194,6 +197,7 @@ pub async fn run(
     serve::serve(listener, app, tls, limits, shutdown).await;
     mqtt.stop(stop_mqtt).await;
     stale_checks.abort();
+    counting_keys.abort();
     tracing::info!("shutdown: closing the alert store");
     alerts.close().await;
     tracing::info!("shutdown: flushing and closing storage nodes");

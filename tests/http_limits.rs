@@ -219,6 +219,37 @@ async fn hostile_bodies_are_refused_at_their_first_bad_item() {
     }
     let after = peak_rss_mib(s.pid());
     eprintln!("peak RSS {before} MiB before, {after} MiB after four hostile 16 MiB bodies");
-    assert!(after < before + 300, "peak RSS grew from {before} to {after} MiB");
+    assert!(
+        after < before + 300,
+        "peak RSS grew from {before} to {after} MiB"
+    );
     assert_eq!(s.get("/measurements").await.1, serde_json::json!([]));
+}
+
+/// Made-up methods and paths do not grow `/metrics`: unknown methods count
+/// as `other`, unknown paths as `unmatched`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_methods_and_paths_leave_metrics_the_same_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    let hostile = |i: usize| {
+        let method = reqwest::Method::from_bytes(format!("X{i}").as_bytes()).expect("a method");
+        s.http
+            .request(method, format!("{}/nothing/{i}", s.url))
+            .send()
+    };
+    // One of each kind first, and a scrape, so the label sets they share
+    // (and the scrape's own) exist.
+    let _ = hostile(0).await;
+    s.metrics_text().await;
+    let before = s.metrics_text().await.len();
+    for chunk in (1..2_000).collect::<Vec<_>>().chunks(100) {
+        futures::future::join_all(chunk.iter().map(|&i| hostile(i))).await;
+    }
+    let after = s.metrics_text().await.len();
+    // Counts change by a few digits, no label set is added.
+    assert!(
+        after < before + 200,
+        "/metrics grew from {before} to {after} bytes"
+    );
 }

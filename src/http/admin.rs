@@ -2,14 +2,14 @@
 //! injection and recovery, placement look-ups, health and metrics.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use super::AppState;
 use super::auth::{Admin, Authorized, Reader};
@@ -143,44 +143,56 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// How old the key counts in `/metrics` may be: counting reads every record
-/// of every node, which a frequent scraper should not cause on each scrape.
-const KEY_COUNT_MAX_AGE: Duration = Duration::from_secs(5);
+/// How often the nodes' keys are counted for `/metrics`: counting reads
+/// every record of every node, so it happens on a timer of its own, never
+/// because a scrape (or a flood of them) asked.
+const KEY_COUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// Live keys per node (`None`: the node could not be asked).
 type Counts = HashMap<NodeId, Option<u64>>;
 
-/// The nodes' key counts last taken for `/metrics`, and when.
+/// The nodes' key counts last taken for `/metrics`.
 #[derive(Default)]
 pub struct KeyCounts {
-    taken: Mutex<Option<(Instant, Counts)>>,
+    latest: std::sync::Mutex<Counts>,
 }
 
 impl KeyCounts {
-    /// Counts no older than [`KEY_COUNT_MAX_AGE`]; concurrent scrapes wait
-    /// for one count instead of each starting its own.
-    async fn get(&self, replicator: &Replicator) -> Counts {
-        let mut taken = self.taken.lock().await;
-        if let Some((at, counts)) = taken.as_ref()
-            && at.elapsed() < KEY_COUNT_MAX_AGE
-        {
-            return counts.clone();
-        }
-        let counts: Counts = replicator
-            .node_reports()
-            .await
-            .into_iter()
-            .map(|report| (report.id, report.keys))
-            .collect();
-        *taken = Some((Instant::now(), counts.clone()));
-        counts
+    /// Counts the nodes' keys now and every `KEY_COUNT_EVERY`, until
+    /// aborted.
+    pub fn spawn_refresh(
+        self: Arc<Self>,
+        replicator: Arc<Replicator>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(KEY_COUNT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let counts: Counts = replicator
+                    .node_reports()
+                    .await
+                    .into_iter()
+                    .map(|report| (report.id, report.keys))
+                    .collect();
+                *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+            }
+        })
+    }
+
+    fn latest(&self) -> Counts {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 /// Prometheus text. Node status and hint gauges are refreshed at scrape
-/// time, key counts at most every [`KEY_COUNT_MAX_AGE`].
+/// time from memory; key counts come from the last count
+/// ([`KeyCounts::spawn_refresh`]).
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let keys = state.key_counts.get(&state.replicator).await;
+    let keys = state.key_counts.latest();
     for report in state.replicator.node_states() {
         let node = report.id.to_string();
         for status in [NodeStatus::Up, NodeStatus::Down, NodeStatus::Recovering] {

@@ -4,7 +4,7 @@
 //! edge. Handlers call the library (`Ingestor`, `Replicator`,
 //! `AlertService`); they hold no logic of their own beyond parsing.
 
-mod admin;
+pub mod admin;
 mod alerts;
 pub mod auth;
 pub mod error;
@@ -49,7 +49,7 @@ pub struct Services {
     /// The MQTT consumer's connection, when one runs.
     pub mqtt: Option<Arc<crate::mqtt::ConsumerStatus>>,
     /// Node key counts for `/metrics`, taken at most every few seconds.
-    pub key_counts: admin::KeyCounts,
+    pub key_counts: Arc<admin::KeyCounts>,
 }
 
 impl AppState {
@@ -116,31 +116,47 @@ async fn method_not_allowed() -> ApiError {
 #[derive(Clone, Default)]
 struct LatencyHistograms(Arc<RwLock<HashMap<String, ByMethodAndStatus>>>);
 
-type ByMethodAndStatus = HashMap<(Method, u16), Histogram>;
+type ByMethodAndStatus = HashMap<(&'static str, u16), Histogram>;
 
 impl LatencyHistograms {
     fn get(&self, route: &str, method: &Method, status: u16) -> Histogram {
-        let known = self
-            .0
-            .read()
-            .ok()
-            .and_then(|routes| routes.get(route)?.get(&(method.clone(), status)).cloned());
+        let known = self.0.read().ok().and_then(|routes| {
+            routes
+                .get(route)?
+                .get(&(method_label(method), status))
+                .cloned()
+        });
         if let Some(histogram) = known {
             return histogram;
         }
         let histogram = metrics::histogram!(
             "energyguard_http_request_duration_seconds",
             "route" => route.to_string(),
-            "method" => method.to_string(),
+            "method" => method_label(method),
             "status" => status.to_string()
         );
         if let Ok(mut routes) = self.0.write() {
             routes
                 .entry(route.to_string())
                 .or_default()
-                .insert((method.clone(), status), histogram.clone());
+                .insert((method_label(method), status), histogram.clone());
         }
         histogram
+    }
+}
+
+/// A method as a label value: the standard ones by name, anything a client
+/// made up as `other`, so clients cannot grow `/metrics` at will.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
     }
 }
 

@@ -12,7 +12,7 @@
 //! ever accepts what the second would accept, with the same result (a test
 //! holds them to that).
 //!
-//! Memory: an array is read one item at a time ([`EachItem`]), keeping only
+//! Memory: an array is read one item at a time (`EachItem`), keeping only
 //! the readings; both reads stop at the first item they refuse and at item
 //! `max + 1`. A hostile body (a million empty objects, an array past the
 //! limit) costs a few of its items, never a tree of all of them.

@@ -7,7 +7,7 @@
 //! holds back a publisher while the readings it already accepted fill the
 //! [`Backlog`], so the broker never has to drop messages it acknowledged.
 //! What the broker sends back is relayed packet by packet too
-//! ([`outbound`]), with the door's own answers in between. Connections past
+//! (`outbound`), with the door's own answers in between. Connections past
 //! `mqtt.max_connections` are closed at once.
 //!
 //! rumqttd can neither stop accepting nor close its clients' connections,
