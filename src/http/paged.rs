@@ -4,8 +4,12 @@
 //! read keeps both halves of its work (SQLite, serialization) going at once
 //! instead of one after the other.
 
+use std::sync::Arc;
+
+use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use crate::reading::{Measurement, format_timestamp};
@@ -22,76 +26,129 @@ pub(super) enum Format {
 }
 
 /// The live measurements in `range`, at most `limit`, as a JSON array of
-/// measurement objects or as CSV with a header line.
+/// measurement objects or as CSV with a header line, streamed: the answer
+/// holds two pages in memory at most, however long it is. A failure before
+/// the first page is an error answer; one after it ends the body early.
 pub(super) async fn measurements(
-    replicator: &Replicator,
+    replicator: Arc<Replicator>,
     range: Scan,
     limit: usize,
     format: Format,
 ) -> Result<Response, ApiError> {
-    let mut body: Vec<u8> = match format {
-        Format::Json => b"[".to_vec(),
-        Format::Csv => b"key,sensor_id,timestamp,value,unit\n".to_vec(),
-    };
-    let mut rendering: Option<tokio::task::JoinHandle<Result<Vec<u8>, String>>> = None;
-    let mut after = None;
-    let mut rendered = 0;
-    loop {
-        let take = (limit - rendered).min(PAGE);
-        let page = if take == 0 {
-            Vec::new()
-        } else {
-            replicator
-                .scan(Scan {
-                    after: after.clone(),
-                    limit: take,
-                    ..range.clone()
-                })
-                .await?
-        };
-        if let Some(previous) = rendering.take() {
-            body.extend(rendered_page(previous).await?);
-        }
-        let last_page = take == 0 || page.len() < take;
-        after = page.last().map(|r| r.key.clone());
-        let first = rendered == 0;
-        rendered += page.len();
-        rendering = Some(tokio::task::spawn_blocking(move || {
-            render(page, format, first)
-        }));
-        if last_page {
-            break;
-        }
-    }
-    if let Some(previous) = rendering {
-        body.extend(rendered_page(previous).await?);
-    }
+    let first_page = read_page(&replicator, &range, None, limit.min(PAGE)).await?;
+    let (pages, body) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tokio::spawn(stream_pages(
+        replicator, range, limit, format, first_page, pages,
+    ));
+    let body = Body::from_stream(futures::stream::unfold(body, |mut body| async {
+        body.recv().await.map(|page| (page, body))
+    }));
     Ok(match format {
-        Format::Json => {
-            body.push(b']');
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
+        Format::Json => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Format::Csv => csv_response(body),
     })
 }
 
+async fn read_page(
+    replicator: &Replicator,
+    range: &Scan,
+    after: Option<crate::reading::Key>,
+    take: usize,
+) -> Result<Vec<Record>, ApiError> {
+    if take == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(replicator
+        .scan(Scan {
+            after,
+            limit: take,
+            ..range.clone()
+        })
+        .await?)
+}
+
+/// Renders page after page into `pages`, each on a blocking thread while
+/// the next is read, until `limit` records or the end of the range.
+async fn stream_pages(
+    replicator: Arc<Replicator>,
+    range: Scan,
+    limit: usize,
+    format: Format,
+    first_page: Vec<Record>,
+    pages: mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+) {
+    let opening = match format {
+        Format::Json => b"[".to_vec(),
+        Format::Csv => b"key,sensor_id,timestamp,value,unit\n".to_vec(),
+    };
+    if pages.send(Ok(opening)).await.is_err() {
+        return;
+    }
+    let mut page = first_page;
+    let mut rendered_points = 0;
+    let mut read = 0;
+    loop {
+        let take = PAGE.min(limit - read - page.len());
+        let last_page = page.len() < PAGE.min(limit - read) || take == 0;
+        read += page.len();
+        let after = page.last().map(|r| r.key.clone());
+        let first = rendered_points == 0;
+        let rendering = tokio::task::spawn_blocking(move || render(page, format, first));
+        let next = if last_page {
+            Ok(Vec::new())
+        } else {
+            read_page(&replicator, &range, after, take).await
+        };
+        match rendered_page(rendering).await {
+            Ok((bytes, points)) => {
+                rendered_points += points;
+                if pages.send(Ok(bytes)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                let _ = pages
+                    .send(Err(std::io::Error::other(format!("{error:?}"))))
+                    .await;
+                return;
+            }
+        }
+        match next {
+            Ok(next) if !last_page => page = next,
+            Ok(_) => break,
+            Err(error) => {
+                let _ = pages
+                    .send(Err(std::io::Error::other(format!("{error:?}"))))
+                    .await;
+                return;
+            }
+        }
+    }
+    if format == Format::Json {
+        let _ = pages.send(Ok(b"]".to_vec())).await;
+    }
+}
+
 async fn rendered_page(
-    task: tokio::task::JoinHandle<Result<Vec<u8>, String>>,
-) -> Result<Vec<u8>, ApiError> {
+    task: tokio::task::JoinHandle<Result<(Vec<u8>, usize), String>>,
+) -> Result<(Vec<u8>, usize), ApiError> {
     task.await
         .map_err(|e| ApiError::Internal(format!("rendering a page: {e}")))?
         .map_err(ApiError::Internal)
 }
 
 /// One page of records as JSON objects (comma-separated, a leading comma
-/// unless `first`) or as CSV lines.
-fn render(page: Vec<Record>, format: Format, first: bool) -> Result<Vec<u8>, String> {
+/// unless `first`: no point was rendered before) or as CSV lines, and how
+/// many points it held (tombstones are left out).
+fn render(page: Vec<Record>, format: Format, first: bool) -> Result<(Vec<u8>, usize), String> {
     let mut out = Vec::with_capacity(page.len() * 128);
     let points = page.into_iter().filter_map(|record| {
         let key = record.key;
         record.sample.map(|sample| Measurement::new(key, sample))
     });
+    let mut count = 0;
     for (i, point) in points.enumerate() {
+        count += 1;
         match format {
             Format::Json => {
                 if i > 0 || !first {
@@ -102,7 +159,7 @@ fn render(page: Vec<Record>, format: Format, first: bool) -> Result<Vec<u8>, Str
             Format::Csv => csv_line(&mut out, &point),
         }
     }
-    Ok(out)
+    Ok((out, count))
 }
 
 fn csv_line(out: &mut Vec<u8>, m: &Measurement) {

@@ -231,7 +231,7 @@ pub async fn history(
     match every {
         None => {
             let format = if csv { Format::Csv } else { Format::Json };
-            paged::measurements(&state.replicator, range, limit, format).await
+            paged::measurements(state.replicator.clone(), range, limit, format).await
         }
         Some(every) => {
             if let (Some(from), Some(to)) = (range.from_ms, range.to_ms)
