@@ -242,8 +242,16 @@ async fn credentials_come_from_the_url_or_the_config_and_wrong_ones_are_reported
 async fn retained_readings_are_stored_once_across_restarts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = Mosquitto::start(dir.path());
+    // A new session at every start, so mosquitto surely hands out the
+    // retained copies again (a resumed one may keep its subscription).
+    let starts = std::sync::atomic::AtomicUsize::new(0);
     common::mqtt_scenarios::retained_readings_are_stored_once(
-        || Service::start_with_broker(dir.path(), broker.port),
+        || {
+            let n = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mqtt =
+                format!("url = \"mqtt://127.0.0.1:{{port}}\"\nclient_id = \"eg-retained-{n}\"");
+            Service::start_with_broker_as(dir.path(), broker.port, &mqtt)
+        },
         true,
     )
     .await;

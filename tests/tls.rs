@@ -26,6 +26,15 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// The config keys `tls_cert` and `tls_key` naming the two files.
+fn tls_keys(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    )
+}
+
 fn https_client(ca: &Path) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(energyguard::tls::client_config(Some(ca)).expect("CA"))
@@ -37,14 +46,7 @@ fn https_client(ca: &Path) -> reqwest::Client {
 async fn the_api_and_the_cli_speak_https() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = certificate(dir.path());
-    let s = Service::start_in(
-        dir.path(),
-        &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let s = Service::start_in(dir.path(), &tls_keys(&cert, &key));
     assert!(s.url.starts_with("https://"), "{}", s.url);
     let client = https_client(&cert);
     let health = client
@@ -150,11 +152,7 @@ async fn the_embedded_broker_speaks_mqtt_over_tls() {
     let (cert, key) = certificate(dir.path());
     let s = Service::start_in_with_mqtt(
         dir.path(),
-        &format!(
-            "tls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
+        &format!("tls_listen = \"127.0.0.1:0\"\n{}", tls_keys(&cert, &key)),
     );
     s.wait_subscribed().await;
     let port = s.mqtts_port.expect("an MQTT over TLS port in the log");

@@ -54,15 +54,19 @@ impl Mosquitto {
         let port = free_port();
         let store = dir.join("mosquitto");
         std::fs::create_dir_all(&store).expect("mosquitto dir");
-        let config = dir.join("mosquitto.conf");
-        std::fs::write(
-            &config,
+        Self::from_config(
+            dir.join("mosquitto.conf"),
+            port,
             format!(
                 "listener {port} 127.0.0.1\n{access}persistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n",
                 store.display()
             ),
         )
-        .expect("mosquitto config");
+    }
+
+    /// Writes `text` to `config` and starts mosquitto with it on `port`.
+    fn from_config(config: std::path::PathBuf, port: u16, text: String) -> Self {
+        std::fs::write(&config, text).expect("mosquitto config");
         let child = spawn(&config, port);
         Self {
             port,
@@ -74,22 +78,15 @@ impl Mosquitto {
     /// Anonymous clients, over TLS only, with the PEM `cert` and `key`.
     pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Self {
         let port = free_port();
-        let config = dir.join("mosquitto-tls.conf");
-        std::fs::write(
-            &config,
+        Self::from_config(
+            dir.join("mosquitto-tls.conf"),
+            port,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\ncertfile {}\nkeyfile {}\n",
                 cert.display(),
                 key.display()
             ),
         )
-        .expect("mosquitto config");
-        let child = spawn(&config, port);
-        Self {
-            port,
-            config,
-            child,
-        }
     }
 
     /// Stops the broker the way an operator would (SIGTERM: it saves its
