@@ -1,5 +1,4 @@
-//! History aggregation (SPEC §3 `/sensor/<id>/history` with `every` and
-//! `agg`). Pure functions over points in time order.
+//! History aggregation (`/sensor/<id>/history` with `every` and `agg`). Pure functions over points in time order.
 //!
 //! `energy` integrates the value over time with the trapezoid rule, in
 //! unit·hours (W → Wh). A segment between two readings further apart than

@@ -1,4 +1,4 @@
-//! Bearer tokens with roles (SPEC §3), checked by the [`Authorized`]
+//! Bearer tokens with roles (`read` < `write` < `admin`), checked by the [`Authorized`]
 //! extractor a handler names first among its arguments.
 
 use std::marker::PhantomData;

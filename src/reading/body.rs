@@ -1,5 +1,5 @@
 //! A whole body of readings, as both doors receive it: an HTTP request body
-//! or an MQTT payload (SPEC §2, §4): one reading object, an array of them,
+//! or an MQTT payload: one reading object, an array of them,
 //! or, on a topic that names the sensor, a bare number.
 //!
 //! A body is read twice at most. The first read deserializes straight into

@@ -1,6 +1,6 @@
 //! Readings as they enter the system, and the identifiers that name them.
 //!
-//! This module owns the one parser of SPEC §2: both doors (HTTP and MQTT)
+//! This module owns the one reading parser: both doors (HTTP and MQTT)
 //! turn untrusted JSON into validated [`Reading`]s here ([`body`] reads a
 //! whole request body or payload), so the rules for sensor ids, timestamps,
 //! values and units are written exactly once.
@@ -243,7 +243,8 @@ pub struct Reading {
     pub sample: Sample,
 }
 
-/// A stored measurement in the shape every API answer uses (SPEC §2).
+/// A stored measurement in the shape every API answer uses: `key`,
+/// `sensor_id`, `timestamp` (RFC 3339 UTC, milliseconds), `value`, `unit`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Measurement {
     pub key: Key,
@@ -367,7 +368,7 @@ pub(crate) enum TimestampField<'a> {
 
 /// A reading object's fields with their JSON types checked. Both ways into
 /// a reading (a `serde_json::Value` tree, or [`body`]'s borrowed form) end
-/// here, so the rules of SPEC §2 are applied in [`Fields::into_reading`] only.
+/// here, so the rules for a reading are applied in [`Fields::into_reading`] only.
 pub(crate) struct Fields<'a> {
     pub sensor_id: Option<&'a str>,
     pub timestamp: TimestampField<'a>,
@@ -451,7 +452,8 @@ impl Names {
     }
 }
 
-/// Parses one JSON reading object (SPEC §2).
+/// Parses one JSON reading object: `sensor_id`, `timestamp`, `value`,
+/// `unit`, nothing else.
 ///
 /// `topic_sensor` is the sensor named by an MQTT topic: the payload may then
 /// omit `sensor_id`, and if it gives one it must match. `received_ms` is the

@@ -1,4 +1,4 @@
-//! The parser of SPEC §2: what it accepts, and the field it names when it refuses.
+//! The reading parser: what it accepts, and the field it names when it refuses.
 
 use super::*;
 use serde_json::json;
