@@ -17,6 +17,10 @@ use crate::replication::{Placement, ReplicationSettings, StrategyKind};
 use crate::storage::NodeId;
 use crate::storage::sqlite::Synchronous;
 
+/// `mqtt.batch_messages` at most: an external broker's consumer queues the
+/// acks of a batch and of the batch behind it in its client's request queue.
+const MAX_BATCH_MESSAGES: usize = crate::mqtt::external::REQUEST_QUEUE / 2;
+
 /// Environment variables that share the prefix but are not config keys.
 const NOT_CONFIG_KEYS: [&str; 3] = ["api_token", "url", "token"];
 /// String keys whose environment values must be taken verbatim: figment's
@@ -435,10 +439,10 @@ impl Config {
                 "must be at least 1024",
             ));
         }
-        if self.mqtt.batch_messages == 0 {
+        if !(1..=MAX_BATCH_MESSAGES).contains(&self.mqtt.batch_messages) {
             return Err(ConfigError::invalid(
                 "mqtt.batch_messages",
-                "must be at least 1",
+                format!("must be between 1 and {MAX_BATCH_MESSAGES}"),
             ));
         }
         if self.mqtt.max_connections == 0 {
@@ -559,6 +563,8 @@ mod tests {
             ("[htp]\nlisten = \"x\"", "htp"),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
             ("[mqtt]\ntopic_prefix = \"a/#\"", "mqtt.topic_prefix"),
+            ("[mqtt]\nbatch_messages = 5001", "mqtt.batch_messages"),
+            ("[mqtt]\nbatch_messages = 0", "mqtt.batch_messages"),
             (
                 "[[auth.tokens]]\ntoken = \"short\"\nrole = \"admin\"",
                 "auth.tokens[0].token",

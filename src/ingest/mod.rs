@@ -14,16 +14,17 @@
 //! commits. But a batch formed while another is being stored waits until it
 //! holds as many readings as that one (or `OVERLAP_AT`), or until that one
 //! is stored: each write commits on every node it touches, and a second write
-//! of two or three readings costs most of what one of ten does. Single-reading
-//! POSTs under `wrk -c32` went from 8 to 11 requests per batch, from 18.5 to
-//! 16 µs of writer-thread CPU per request and from 31k to 33.5k requests/s
-//! (medians of five alternated pairs); large batches, which pass that bar at
-//! once, are unchanged.
+//! of two or three readings costs most of what one of ten does, so small
+//! writes are better carried by the next batch than stored beside a big one.
+//!
+//! The queue is bounded in readings: at most [`MAX_QUEUED_READINGS`] wait or
+//! are being stored; a caller beyond that waits for room before queueing,
+//! which pushes back on its door (an HTTP connection, the MQTT consumer).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::alerts::AlertService;
 use crate::alerts::engine::{Change, Transition};
@@ -40,10 +41,18 @@ const MAX_COMBINED: usize = 20_000;
 const OVERLAP_AT: usize = 1_000;
 // So a full batch never waits.
 const _: () = assert!(OVERLAP_AT <= MAX_COMBINED);
+/// Readings queued or being stored at most. A single call larger than this
+/// takes all the room, so it waits for everything before it and nothing
+/// else queues beside it.
+const MAX_QUEUED_READINGS: usize = 100_000;
+// So the queue can always fill a combined write.
+const _: () = assert!(MAX_COMBINED <= MAX_QUEUED_READINGS);
 
 struct Pending {
     readings: Vec<Reading>,
     reply: oneshot::Sender<Result<(), Refused>>,
+    /// The call's room in the queue, given back once it is answered.
+    _room: OwnedSemaphorePermit,
 }
 
 /// Readings the ingestor did not store, handed back with the reason, so a
@@ -67,16 +76,30 @@ struct Batchers {
 
 pub struct Ingestor {
     queue: mpsc::UnboundedSender<Pending>,
+    /// One permit per reading that may be queued; the channel itself is
+    /// unbounded because this bounds what it holds.
+    room: Arc<Semaphore>,
 }
 
 impl Ingestor {
     pub fn new(replicator: Arc<Replicator>, alerts: Arc<AlertService>) -> Self {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let shared = Arc::new(Batchers::new(receiver));
+        let (ingestor, batchers) = Self::unstarted();
+        let shared = Arc::new(batchers);
         for _ in 0..BATCHERS {
             tokio::spawn(batcher(shared.clone(), replicator.clone(), alerts.clone()));
         }
-        Self { queue }
+        ingestor
+    }
+
+    /// An ingestor and the batchers' side of its queue, with no batcher
+    /// taking from it yet.
+    fn unstarted() -> (Self, Batchers) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let ingestor = Self {
+            queue,
+            room: Arc::new(Semaphore::new(MAX_QUEUED_READINGS)),
+        };
+        (ingestor, Batchers::new(receiver))
     }
 
     /// Stores `readings` on their write quorum, then evaluates alerts.
@@ -98,8 +121,16 @@ impl Ingestor {
             error: ReplicationError::Storage(crate::storage::StorageError::Closed),
             readings,
         };
+        let wanted = readings.len().clamp(1, MAX_QUEUED_READINGS) as u32;
+        let Ok(room) = self.room.clone().acquire_many_owned(wanted).await else {
+            return Err(closed(readings));
+        };
         self.queue
-            .send(Pending { readings, reply })
+            .send(Pending {
+                readings,
+                reply,
+                _room: room,
+            })
             .map_err(|unsent| closed(unsent.0.readings))?;
         let result = answer.await.unwrap_or_else(|_| Err(closed(Vec::new())));
         match &result {

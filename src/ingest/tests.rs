@@ -14,10 +14,9 @@ fn batchers() -> (mpsc::UnboundedSender<Pending>, Batchers) {
     (sender, Batchers::new(receiver))
 }
 
-/// A request of `readings` readings (its reply is never read).
-fn request(readings: usize) -> Pending {
+fn readings(count: usize) -> Vec<Reading> {
     let sensor: crate::reading::SensorId = "s1".parse().expect("a valid sensor id");
-    let readings = (0..readings as i64)
+    (0..count as i64)
         .map(|ts| Reading {
             key: Key::new(sensor.clone(), ts),
             sample: Sample {
@@ -25,9 +24,20 @@ fn request(readings: usize) -> Pending {
                 unit: None,
             },
         })
-        .collect();
+        .collect()
+}
+
+/// A request of `count` readings (its reply is never read).
+fn request(count: usize) -> Pending {
     let (reply, _) = oneshot::channel();
-    Pending { readings, reply }
+    let room = Arc::new(Semaphore::new(count.max(1)))
+        .try_acquire_many_owned(count.max(1) as u32)
+        .expect("a fresh semaphore has room");
+    Pending {
+        readings: readings(count),
+        reply,
+        _room: room,
+    }
 }
 
 /// The batch a poll of `next_batch` answered, or a failure saying why
@@ -120,4 +130,38 @@ async fn a_closed_queue_hands_over_the_waiting_batch_then_ends() {
         assert_eq!(sizes(&batch), [1]);
     }
     assert!(shared.next_batch(&mut queue).await.is_none());
+}
+
+#[tokio::test]
+async fn a_caller_waits_for_room_while_the_queue_holds_its_limit_of_readings() {
+    let (ingestor, shared) = Ingestor::unstarted();
+    let mut queue = shared.queue.lock().await;
+    let mut first = pin!(ingestor.try_ingest(readings(MAX_QUEUED_READINGS - 1)));
+    assert!(poll!(first.as_mut()).is_pending());
+    let mut second = pin!(ingestor.try_ingest(readings(2)));
+    assert!(poll!(second.as_mut()).is_pending());
+    let queued = queue.try_recv().expect("the first call is queued");
+    assert_eq!(queued.readings.len(), MAX_QUEUED_READINGS - 1);
+    assert!(
+        queue.try_recv().is_err(),
+        "two more readings do not fit beside the first call's"
+    );
+    // Answering the first call gives its room back.
+    drop(queued);
+    assert!(matches!(poll!(first.as_mut()), Poll::Ready(Err(_))));
+    assert!(poll!(second.as_mut()).is_pending());
+    let queued = queue.try_recv().expect("the second call is queued now");
+    assert_eq!(queued.readings.len(), 2);
+}
+
+#[tokio::test]
+async fn a_call_larger_than_the_queue_still_goes_alone() {
+    let (ingestor, shared) = Ingestor::unstarted();
+    let mut queue = shared.queue.lock().await;
+    let mut huge = pin!(ingestor.try_ingest(readings(MAX_QUEUED_READINGS + 1)));
+    assert!(poll!(huge.as_mut()).is_pending());
+    let queued = queue
+        .try_recv()
+        .expect("a call larger than the queue is queued");
+    assert_eq!(queued.readings.len(), MAX_QUEUED_READINGS + 1);
 }

@@ -16,10 +16,16 @@
 //!   batches grow until storing keeps up, with no timer; alone, a message is
 //!   stored at once.
 //!
-//! The broker holds at most its in-flight window of unacknowledged messages
-//! for us (mosquitto's `max_inflight_messages`), so the channel between the
-//! two is bounded by it. Throughput needs that window well above one batch,
-//! so the broker keeps sending while a batch is stored.
+//! The channel between the two holds one batch (`batch_messages`). When
+//! it is full the poll loop stops reading the socket, so TCP pushes back on
+//! the broker: a QoS 1 window needs no such bound (the broker sends at most
+//! its in-flight window of unacknowledged messages, mosquitto's
+//! `max_inflight_messages`), but messages published at QoS 0 arrive at QoS 0,
+//! unacknowledged and unlimited. Acks wait in the client's request queue
+//! while the poll loop is stopped: at most the batch being acked plus the
+//! channel's, which is why `batch_messages` stays below half of
+//! [`REQUEST_QUEUE`]. Throughput needs the broker's window well above one
+//! batch, so it keeps sending while a batch is stored.
 //!
 //! Stopping: the consumer stores and acks what it has received and leaves
 //! the rest to the broker's persistent session.
@@ -35,6 +41,8 @@ use super::intake::{Intake, Message};
 use super::{ConsumerStatus, UrlError, connection_options, signalled};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Requests (acks, the subscription) the client queues for the poll loop.
+pub const REQUEST_QUEUE: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -79,7 +87,7 @@ pub struct Connection {
 
 /// Sets up the connection; nothing happens until [`spawn`] drives it.
 pub fn connect(settings: &ConsumerSettings) -> Result<Connection, UrlError> {
-    let (client, eventloop) = AsyncClient::new(options(settings)?, 10_000);
+    let (client, eventloop) = AsyncClient::new(options(settings)?, REQUEST_QUEUE);
     Ok(Connection { client, eventloop })
 }
 
@@ -93,9 +101,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let Connection { client, eventloop } = connection;
-    // Unbounded, but the broker sends no more than its in-flight window of
-    // messages before they are acknowledged, which happens after storing.
-    let (messages, inbox) = mpsc::unbounded_channel();
+    let (messages, inbox) = mpsc::channel(settings.batch_messages);
     let poller = tokio::spawn(poll_loop(
         eventloop,
         client.clone(),
@@ -117,7 +123,7 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
-    messages: mpsc::UnboundedSender<Publish>,
+    messages: mpsc::Sender<Publish>,
     status: Arc<ConsumerStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -141,10 +147,10 @@ async fn poll_loop(
                 tracing::info!(%filter, "MQTT subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // Fails once the writer has stopped taking messages: then
-                // this one is neither stored nor acknowledged, and the
-                // broker keeps it.
-                let _ = messages.send(publish);
+                // Waits while a batch is queued (see the module doc). Fails
+                // once the writer has stopped taking messages: then this one
+                // is neither stored nor acknowledged, and the broker keeps it.
+                let _ = messages.send(publish).await;
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
@@ -165,7 +171,7 @@ async fn writer(
     settings: ConsumerSettings,
     client: AsyncClient,
     intake: Intake,
-    mut inbox: mpsc::UnboundedReceiver<Publish>,
+    mut inbox: mpsc::Receiver<Publish>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {

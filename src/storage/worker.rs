@@ -8,6 +8,10 @@
 //! transaction, commits once, then answers everyone: concurrent writers share
 //! the commit, so throughput does not collapse to one fsync per write.
 //!
+//! The channel is unbounded, and needs no bound of its own: every job in it
+//! has a caller awaiting its reply, and callers are bounded upstream (the
+//! ingestor's queue, HTTP's connection cap, the replicator's paged repairs).
+//!
 //! If any operation of a shared transaction fails, the transaction is rolled
 //! back and each operation is retried alone, so one bad operation cannot fail
 //! its neighbours.

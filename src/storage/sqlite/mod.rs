@@ -17,6 +17,8 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, Row, params};
 use serde::Deserialize;
@@ -111,44 +113,71 @@ fn configure(connection: &Connection) -> StorageResult<()> {
     Ok(())
 }
 
-/// Read-only connections, reused across reads.
+/// Read-only connections, reused across reads: at most [`MAX_READERS`]
+/// open at once, each with its own page cache, so however many requests
+/// read at once, the memory they pin is bounded; a read beyond that waits
+/// for a connection.
 ///
 /// A `std::sync::Mutex` guards the idle list: it is held only to push or pop
 /// a connection, never across a query or an await.
 pub(crate) struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per connection that may be in use.
+    open: Arc<Semaphore>,
 }
+
+/// Read connections per node at most.
+const MAX_READERS: usize = 8;
 
 impl ReadPool {
     pub(crate) fn new(path: PathBuf) -> Self {
         Self {
             path,
             idle: Mutex::new(Vec::new()),
+            open: Arc::new(Semaphore::new(MAX_READERS)),
         }
     }
 
     /// Runs `read` on a pooled connection on the blocking thread pool.
-    pub(crate) async fn read<T, F>(self: &std::sync::Arc<Self>, read: F) -> StorageResult<T>
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, read: F) -> StorageResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
     {
+        let permit = self.permit().await?;
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || pool.read_inline(read))
-            .await
-            .map_err(|_| StorageError::Closed)?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pool.read_now(read)
+        })
+        .await
+        .map_err(|_| StorageError::Closed)?
     }
 
     /// Runs a *bounded* read (a primary-key lookup: a few pages) on the
-    /// calling thread. Blocking an async worker for that costs less than the
-    /// two thread hand-offs of `read` (measured: GET /measurement went from
-    /// about 36k to over 70k requests/s). Anything that can touch many rows
+    /// calling async worker: blocking it that briefly costs less than the two
+    /// thread hand-offs of [`Self::read`]. Anything that can touch many rows
     /// must use `read`.
-    pub(crate) fn read_inline<T>(
+    pub(crate) async fn read_small<T>(
         &self,
         read: impl FnOnce(&Connection) -> StorageResult<T>,
     ) -> StorageResult<T> {
+        let _permit = self.permit().await?;
+        self.read_now(read)
+    }
+
+    async fn permit(&self) -> StorageResult<OwnedSemaphorePermit> {
+        self.open
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    /// Runs `read` on an idle connection, or a new one; the caller holds a
+    /// permit.
+    fn read_now<T>(&self, read: impl FnOnce(&Connection) -> StorageResult<T>) -> StorageResult<T> {
         let connection = self.take()?;
         let result = read(&connection);
         self.idle
@@ -411,14 +440,17 @@ impl StorageNode for SqliteNode {
         // The journal first: a record merged away from it in between is in
         // `readings` by the time `readings` is read.
         let journaled = self.pending.get(key);
-        let stored = self.readers.read_inline(|c| {
-            let mut stmt = c.prepare_cached(GET)?;
-            let mut rows = stmt.query(params![key.sensor.as_str(), key.timestamp_ms])?;
-            // The key is known: seed the decoder with its sensor instead of
-            // parsing the stored text again.
-            let mut decoder = RecordDecoder::for_sensor(Some(key.sensor.clone()));
-            rows.next()?.map(|row| decoder.decode(row)).transpose()
-        })?;
+        let stored = self
+            .readers
+            .read_small(|c| {
+                let mut stmt = c.prepare_cached(GET)?;
+                let mut rows = stmt.query(params![key.sensor.as_str(), key.timestamp_ms])?;
+                // The key is known: seed the decoder with its sensor instead of
+                // parsing the stored text again.
+                let mut decoder = RecordDecoder::for_sensor(Some(key.sensor.clone()));
+                rows.next()?.map(|row| decoder.decode(row)).transpose()
+            })
+            .await?;
         Ok(match (journaled, stored) {
             (Some(a), Some(b)) => Some(Record::newest(a, b)),
             (a, b) => a.or(b),

@@ -14,7 +14,7 @@ fn open(dir: &Path) -> SqliteNode {
 /// Rows in the node's `journal` table.
 fn journal_rows(node: &SqliteNode) -> i64 {
     node.readers
-        .read_inline(|c| Ok(c.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))?))
+        .read_now(|c| Ok(c.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))?))
         .expect("count journal")
 }
 
@@ -244,4 +244,48 @@ async fn cached_digests_follow_every_kind_of_change() {
     node.close().await.expect("close");
     let node = open(dir.path());
     assert_same_digests(&node, &model).await;
+}
+
+#[tokio::test]
+async fn reads_beyond_the_pool_wait_for_a_connection_instead_of_opening_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = open(dir.path());
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = Arc::new(Mutex::new(held));
+    let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let mut blocked = Vec::new();
+    for _ in 0..MAX_READERS {
+        let (held, started) = (held.clone(), started.clone());
+        blocked.push(tokio::spawn({
+            let readers = node.readers.clone();
+            async move {
+                readers
+                    .read(move |_| {
+                        let _ = started.send(());
+                        // Each read holds its connection until released.
+                        let _ = held.lock().expect("lock").recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        }));
+    }
+    for _ in 0..MAX_READERS {
+        running.recv().await.expect("a read started");
+    }
+    let absent = key("s1", 1);
+    let mut extra = std::pin::pin!(node.get(&absent));
+    assert!(
+        futures::poll!(extra.as_mut()).is_pending(),
+        "a read beyond MAX_READERS must wait"
+    );
+    for _ in 0..MAX_READERS {
+        release.send(()).expect("a read is waiting");
+    }
+    for read in blocked {
+        read.await.expect("read task").expect("read");
+    }
+    assert_eq!(extra.await.expect("the waiting read runs"), None);
+    let idle = node.readers.idle.lock().expect("lock").len();
+    assert_eq!(idle, MAX_READERS, "no connection beyond the limit was opened");
 }
