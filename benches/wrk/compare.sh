@@ -5,6 +5,8 @@
 #
 #   cargo build --release --bins --examples
 #   benches/wrk/compare.sh [CONNECTIONS...]        # default: 32 64 128 256
+#   TLS=1 benches/wrk/compare.sh ...               # HTTPS beside HTTP too
+#   SERVICE_BIN=/path/to/energyguard benches/wrk/compare.sh ...  # another build
 #
 # For each connection count, ROUNDS rounds (default 3), each running the
 # baseline, the GET and the POST in turn for DURATION (default 5s), so that a
@@ -12,12 +14,14 @@
 # connection count the median requests/s and the median and range of the
 # per-round ratios. The service runs with the default configuration
 # (`synchronous = "full"`, consistent hashing, RF 2 over three nodes) in a
-# temporary data directory.
+# temporary data directory. With TLS=1 a second service, alike but serving
+# HTTPS with a self-signed certificate, takes the same GET and POST in each
+# round, and a second table gives HTTPS against HTTP.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-service_bin=${ENERGYGUARD_BIN:-$root/target/release/energyguard}
+service_bin=${SERVICE_BIN:-$root/target/release/energyguard}
 baseline_bin=$root/target/release/examples/http_baseline
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5s}
@@ -26,7 +30,8 @@ if [ ${#connections[@]} -eq 0 ]; then
     connections=(32 64 128 256)
 fi
 
-for tool in wrk curl python3; do
+tls=${TLS:-0}
+for tool in wrk curl python3 openssl; do
     command -v "$tool" >/dev/null || { echo "compare.sh needs $tool" >&2; exit 1; }
 done
 if [ ! -x "$service_bin" ] || [ ! -x "$baseline_bin" ]; then
@@ -49,7 +54,7 @@ free_port() {
 
 wait_until_up() {
     for _ in $(seq 100); do
-        curl -sf -o /dev/null "$1" && return 0
+        curl -sf --cacert "$work/cert.pem" -o /dev/null "$1" && return 0
         sleep 0.1
     done
     echo "no answer from $1" >&2
@@ -58,32 +63,51 @@ wait_until_up() {
 
 ENERGYGUARD_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 export ENERGYGUARD_TOKEN
-service="http://127.0.0.1:$(free_port)"
-baseline="127.0.0.1:$(free_port)"
-cat >"$work/config.toml" <<EOF
-data_dir = "$work/data"
+
+# The readings get_measurement.lua reads: g0..g99, one a second.
+seq 0 9999 | awk 'BEGIN { printf "[" }
+    { printf "%s{\"sensor_id\":\"g%d\",\"timestamp\":%d,\"value\":1.0}", (NR > 1 ? "," : ""), $1 % 100, 1700000000 + $1 }
+    END { printf "]" }' >"$work/readings.json"
+
+# Starts a service in $work/NAME, stores the readings and sets $url to its
+# address: start_service NAME [HTTP_LINES], HTTP_LINES going in [http].
+start_service() {
+    local dir="$work/$1" scheme=http
+    [ -n "${2:-}" ] && scheme=https
+    url="$scheme://127.0.0.1:$(free_port)"
+    mkdir -p "$dir"
+    cat >"$dir/config.toml" <<EOF
+data_dir = "$dir/data"
 [http]
-listen = "${service#http://}"
+listen = "${url#*://}"
+${2:-}
 [mqtt]
 listen = "127.0.0.1:$(free_port)"
 [[auth.tokens]]
 token = "$ENERGYGUARD_TOKEN"
 role = "admin"
 EOF
+    RUST_LOG=warn "$service_bin" serve --config "$dir/config.toml" 2>"$dir/service.log" &
+    pids+=($!)
+    wait_until_up "$url/healthz"
+    curl -sf --cacert "$work/cert.pem" -o /dev/null -H "Authorization: Bearer $ENERGYGUARD_TOKEN" \
+        -H 'Content-Type: application/json' --data-binary @"$work/readings.json" "$url/ingest"
+}
 
-RUST_LOG=warn "$service_bin" serve --config "$work/config.toml" 2>"$work/service.log" &
-pids+=($!)
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+baseline="127.0.0.1:$(free_port)"
 "$baseline_bin" "$baseline" >/dev/null &
 pids+=($!)
-wait_until_up "$service/healthz"
 wait_until_up "http://$baseline/"
-
-# The readings get_measurement.lua reads: g0..g99, one a second.
-seq 0 9999 | awk 'BEGIN { printf "[" }
-    { printf "%s{\"sensor_id\":\"g%d\",\"timestamp\":%d,\"value\":1.0}", (NR > 1 ? "," : ""), $1 % 100, 1700000000 + $1 }
-    END { printf "]" }' >"$work/readings.json"
-curl -sf -o /dev/null -H "Authorization: Bearer $ENERGYGUARD_TOKEN" \
-    -H 'Content-Type: application/json' --data-binary @"$work/readings.json" "$service/ingest"
+start_service plain
+service=$url
+if [ "$tls" = 1 ]; then
+    start_service tls "tls_cert = \"$work/cert.pem\"
+tls_key = \"$work/key.pem\""
+    secure=$url
+fi
 
 # Requests/s of one wrk run: rate CONNECTIONS URL [SCRIPT]. A run with any
 # error answer stops the comparison.
@@ -116,8 +140,14 @@ for c in "${connections[@]}"; do
         base=$(rate "$c" "http://$baseline/")
         get=$(rate "$c" "$service" "$here/get_measurement.lua")
         post=$(rate "$c" "$service" "$here/ingest_one.lua")
-        echo "$c $base $get $post" >>"$results"
-        echo "connections $c, round $round: baseline $base, GET $get, POST $post req/s"
+        line="connections $c, round $round: baseline $base, GET $get, POST $post req/s"
+        if [ "$tls" = 1 ]; then
+            get_tls=$(rate "$c" "$secure" "$here/get_measurement.lua")
+            post_tls=$(rate "$c" "$secure" "$here/ingest_one.lua")
+            line="$line; HTTPS GET $get_tls, POST $post_tls req/s"
+        fi
+        echo "$c $base $get $post ${get_tls:-} ${post_tls:-}" >>"$results"
+        echo "$line"
     done
 done
 
@@ -133,3 +163,17 @@ for c in "${connections[@]}"; do
         "| $(awk '{ print $4 }' <<<"$rows" | summary %.0f)" \
         "| $(awk '{ print $4 / $2 }' <<<"$rows" | summary %.2f) |"
 done
+
+if [ "$tls" = 1 ]; then
+    echo
+    echo "| connections | HTTPS GET req/s | HTTPS/HTTP GET | HTTPS POST req/s | HTTPS/HTTP POST |"
+    echo "|---|---|---|---|---|"
+    for c in "${connections[@]}"; do
+        rows=$(awk -v c="$c" '$1 == c' "$results")
+        echo "| $c" \
+            "| $(awk '{ print $5 }' <<<"$rows" | summary %.0f)" \
+            "| $(awk '{ print $5 / $3 }' <<<"$rows" | summary %.2f)" \
+            "| $(awk '{ print $6 }' <<<"$rows" | summary %.0f)" \
+            "| $(awk '{ print $6 / $4 }' <<<"$rows" | summary %.2f) |"
+    done
+fi
