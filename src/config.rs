@@ -26,7 +26,7 @@ const NOT_CONFIG_KEYS: [&str; 3] = ["api_token", "url", "token"];
 /// String keys whose environment values must be taken verbatim: figment's
 /// `Env` parses every value, so `ENERGYGUARD_MQTT__CLIENT_ID=007` would
 /// arrive as the integer 7.
-const VERBATIM_KEYS: [&str; 7] = [
+const VERBATIM_KEYS: [&str; 8] = [
     "data_dir",
     "mqtt.url",
     "mqtt.username",
@@ -34,6 +34,7 @@ const VERBATIM_KEYS: [&str; 7] = [
     "mqtt.topic_prefix",
     "mqtt.client_id",
     "mqtt.share_group",
+    "cluster.secret",
 ];
 /// The variable that adds one admin token (SPEC §3).
 pub const API_TOKEN_ENV: &str = "ENERGYGUARD_API_TOKEN";
@@ -46,6 +47,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
     pub replication: ReplicationConfig,
+    pub cluster: ClusterConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
 }
@@ -151,10 +153,151 @@ pub enum MqttRole {
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
     pub strategy: StrategyKind,
-    pub nodes: Vec<NodeId>,
+    pub nodes: Vec<NodeConfig>,
     pub replication_factor: usize,
     pub virtual_nodes: u32,
     pub write_quorum: usize,
+}
+
+/// Where one storage node lives: `"node1"` (a file in `data_dir`),
+/// `{ id, path }` (its own directory, e.g. its own disk) or `{ id, url }`
+/// (a node process, `energyguard node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub location: NodeLocation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeLocation {
+    DataDir,
+    Dir(PathBuf),
+    Process(String),
+}
+
+impl NodeConfig {
+    /// A node in `data_dir`.
+    pub fn in_data_dir(id: NodeId) -> Self {
+        Self {
+            id,
+            location: NodeLocation::DataDir,
+        }
+    }
+}
+
+/// The two forms a node takes in TOML or JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum NodeForm {
+    Id(NodeId),
+    Table(NodeTable),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTable {
+    id: NodeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+}
+
+impl Serialize for NodeConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let id = self.id.clone();
+        let form = match &self.location {
+            NodeLocation::DataDir => NodeForm::Id(id),
+            NodeLocation::Dir(path) => NodeForm::Table(NodeTable {
+                id,
+                path: Some(path.clone()),
+                url: None,
+            }),
+            NodeLocation::Process(url) => NodeForm::Table(NodeTable {
+                id,
+                path: None,
+                url: Some(url.clone()),
+            }),
+        };
+        form.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let form = NodeForm::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "a node is an id (\"node1\"), { id, path } or { id, url } with a valid id",
+            )
+        })?;
+        let (id, location) = match form {
+            NodeForm::Id(id) => (id, NodeLocation::DataDir),
+            NodeForm::Table(NodeTable { id, path, url }) => match (path, url) {
+                (None, None) => (id, NodeLocation::DataDir),
+                (Some(path), None) => (id, NodeLocation::Dir(path)),
+                (None, Some(url)) => (id, NodeLocation::Process(url)),
+                (Some(_), Some(_)) => {
+                    return Err(serde::de::Error::custom(format!(
+                        "node {id} has both a path and a url: a node lives in one place"
+                    )));
+                }
+            },
+        };
+        Ok(Self { id, location })
+    }
+}
+
+/// `[cluster]`: how the service and its node processes trust and watch
+/// each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared with every node process; required once a node has a `url`.
+    pub secret: String,
+    /// A node silent this long is down (`3s`, `500ms`).
+    pub failure_timeout: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            failure_timeout: "3s".into(),
+        }
+    }
+}
+
+/// `cluster.secret` at least this long.
+const MIN_SECRET_CHARS: usize = 16;
+
+impl ClusterConfig {
+    pub fn failure_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        let ms = crate::history::parse_duration("cluster.failure_timeout", &self.failure_timeout)
+            .map_err(|e| ConfigError::invalid("cluster.failure_timeout", e.reason))?;
+        if !(100..=600_000).contains(&ms) {
+            return Err(ConfigError::invalid(
+                "cluster.failure_timeout",
+                "must be between 100ms and 10m",
+            ));
+        }
+        Ok(std::time::Duration::from_millis(ms as u64))
+    }
+
+    /// The secret, checked: what a node process and a service with node
+    /// processes need.
+    pub fn checked_secret(&self) -> Result<&str, ConfigError> {
+        let secret = self.secret.as_str();
+        if secret.chars().count() < MIN_SECRET_CHARS || secret.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                "cluster.secret",
+                format!(
+                    "must be at least {MIN_SECRET_CHARS} characters without spaces \
+                     (also ENERGYGUARD_CLUSTER__SECRET)"
+                ),
+            ));
+        }
+        Ok(secret)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -204,6 +347,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             mqtt: MqttConfig::default(),
             replication: ReplicationConfig::default(),
+            cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
         }
@@ -256,8 +400,10 @@ impl Default for ReplicationConfig {
             nodes: ["node1", "node2", "node3"]
                 .iter()
                 .map(|n| {
-                    n.parse()
-                        .unwrap_or_else(|_| unreachable!("valid literal node id"))
+                    NodeConfig::in_data_dir(
+                        n.parse()
+                            .unwrap_or_else(|_| unreachable!("valid literal node id")),
+                    )
                 })
                 .collect(),
             replication_factor: defaults.replication_factor,
@@ -277,6 +423,11 @@ impl HttpConfig {
 }
 
 impl ReplicationConfig {
+    /// The node ids, in the order configured.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
     pub fn settings(&self) -> ReplicationSettings {
         ReplicationSettings {
             strategy: self.strategy,
@@ -390,10 +541,37 @@ impl Config {
         Ok(())
     }
 
+    /// Node places: URLs that parse, a secret once any node is a process,
+    /// and a failure timeout in range.
+    fn validate_nodes(&self) -> Result<(), ConfigError> {
+        self.cluster.failure_timeout()?;
+        let mut processes = 0;
+        for (i, node) in self.replication.nodes.iter().enumerate() {
+            if let NodeLocation::Process(url) = &node.location {
+                processes += 1;
+                let parsed = url::Url::parse(url).ok();
+                let usable = parsed.as_ref().is_some_and(|u| {
+                    u.scheme() == "http" && u.host().is_some() && u.port().is_some()
+                });
+                if !usable {
+                    return Err(ConfigError::invalid(
+                        &format!("replication.nodes[{i}].url"),
+                        format!("{url:?} is not like http://10.0.0.3:5100"),
+                    ));
+                }
+            }
+        }
+        if processes > 0 {
+            self.cluster.checked_secret()?;
+        }
+        Ok(())
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        Placement::new(self.replication.settings(), self.replication.nodes.clone())
+        Placement::new(self.replication.settings(), self.replication.node_ids())
             .map_err(|e| ConfigError::invalid(&format!("replication.{}", e.field), e.reason))?;
+        self.validate_nodes()?;
         if self.http.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",

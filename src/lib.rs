@@ -21,11 +21,13 @@
 pub mod alerts;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod mqtt;
+pub mod node;
 pub mod reading;
 pub mod replication;
 pub mod server;

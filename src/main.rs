@@ -7,6 +7,7 @@ use clap::Parser;
 use energyguard::cli::{Cli, Command, run_client};
 use energyguard::config::Config;
 use energyguard::mqtt::broker::SkipCounter;
+use energyguard::node::NodeSettings;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -37,11 +38,76 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Node {
+            id,
+            listen,
+            data,
+            config,
+        } => runtime.block_on(node(id, listen, data, config)),
         command => runtime.block_on(run_client(command, cli.client)),
     }
 }
 
 async fn serve(config_file: Option<std::path::PathBuf>) -> ExitCode {
+    init_logging();
+    let config = match Config::load(config_file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match energyguard::server::serve(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `energyguard node`: one storage node's process.
+async fn node(
+    id: String,
+    listen: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+    config_file: Option<std::path::PathBuf>,
+) -> ExitCode {
+    init_logging();
+    let settings = Config::load(config_file.as_deref()).and_then(|config| {
+        let secret = config.cluster.checked_secret()?.to_string();
+        let id = id
+            .parse()
+            .map_err(|e: energyguard::reading::InvalidInput| {
+                energyguard::config::ConfigError::Invalid {
+                    key: "--id".into(),
+                    reason: e.reason,
+                }
+            })?;
+        Ok(NodeSettings {
+            id,
+            dir,
+            secret,
+            synchronous: config.storage.synchronous,
+        })
+    });
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match energyguard::node::serve_node(settings, listen, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let log = tracing_subscriber::fmt::layer()
@@ -59,20 +125,6 @@ async fn serve(config_file: Option<std::path::PathBuf>) -> ExitCode {
         .with(log)
         .with(SkipCounter)
         .init();
-    let config = match Config::load(config_file.as_deref()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match energyguard::server::serve(config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -36,7 +36,7 @@ use crate::mqtt::intake::Intake;
 use crate::mqtt::outbox::{self, LinkSender, Outbox};
 use crate::mqtt::park::{self, Park};
 use crate::mqtt::{ConsumerStatus, Topics};
-use crate::replication::{PlacementSpec, ReplicationError, Replicator};
+use crate::replication::ReplicationError;
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,8 @@ pub enum ServeError {
     Tls(&'static str, crate::tls::TlsError),
     #[error("API tokens: {0}")]
     Auth(#[from] crate::http::auth::AuthError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// One Prometheus recorder per process (the `metrics` facade is global).
@@ -139,12 +141,7 @@ pub async fn run(
     };
     create_private_dir(&data_dir)?;
     tracing::info!(data_dir = %data_dir.display(), "opening storage nodes");
-    let spec = PlacementSpec {
-        settings: config.replication.settings(),
-        nodes: config.replication.nodes.clone(),
-    };
-    let replicator = Replicator::open_sqlite(&data_dir, spec, sync).await?;
-    replicator.start_background();
+    let replicator = crate::cluster::open(&config).await?;
     let alerts = Arc::new(AlertService::open(&data_dir, sync).await?);
     let ingestor = Arc::new(Ingestor::new(replicator.clone(), alerts.clone()));
 
@@ -208,7 +205,7 @@ pub async fn run(
 
 /// Creates `dir` (and its parents) if missing, the last readable by this
 /// user only (0700): it holds every reading and the generated admin token.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.exists() {
         return Ok(());
     }

@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const LOGICAL_BITS: u32 = 16;
+/// Bits of a version below its physical milliseconds.
+pub const LOGICAL_BITS: u32 = 16;
 
 /// The version of one write. Higher wins.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -63,6 +64,11 @@ impl Clock {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *last = (*last).max(seen.0);
+    }
+
+    /// The highest version issued or observed so far.
+    pub fn last(&self) -> Version {
+        Version(*self.last.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The next version: at least the current wall-clock time, and always

@@ -35,6 +35,24 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run one storage node as a process of its own, for a service that
+    /// names it by `url` in `replication.nodes`.
+    Node {
+        /// The node's id, as the service names it.
+        #[arg(long)]
+        id: String,
+        /// Where to listen, e.g. 0.0.0.0:5100.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The node's directory (its disk): created on first use, and
+        /// refused to any other node id afterwards.
+        #[arg(long)]
+        data: PathBuf,
+        /// A TOML file for `cluster.secret` and `storage.synchronous`
+        /// (also ENERGYGUARD_CLUSTER__SECRET).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Store one reading.
     Put {
         sensor_id: String,
@@ -293,6 +311,7 @@ fn build(command: Command) -> Option<Call> {
     use Method as M;
     Some(match command {
         Command::Serve { .. }
+        | Command::Node { .. }
         | Command::Publish { .. }
         | Command::Watch { .. }
         | Command::HashPassword

@@ -17,7 +17,7 @@
 //! of two or three readings costs most of what one of ten does, so small
 //! writes are better carried by the next batch than stored beside a big one.
 //!
-//! The queue is bounded in readings: at most [`MAX_QUEUED_READINGS`] wait or
+//! The queue is bounded in readings: at most `MAX_QUEUED_READINGS` (100,000) wait or
 //! are being stored; a caller beyond that waits for room before queueing,
 //! which pushes back on its door (an HTTP connection, the MQTT consumer).
 

@@ -23,16 +23,19 @@
 //! write that saw it down, and a rebalance never misses a write made under
 //! the old placement.
 
+mod health;
 pub mod meta;
 mod rebalance;
 mod recovery;
 mod replicator;
 pub mod ring;
+mod state;
 pub mod strategy;
 
 pub use rebalance::{RebalancePhase, RebalanceProgress, RebalanceStep};
 pub use recovery::RecoveryReport;
-pub use replicator::{NodeReport, NodeStatus, READ_REPAIR_EVERY, Replicator};
+pub use replicator::{NodeReport, READ_REPAIR_EVERY, Replicator};
+pub use state::{DownReason, NodeStatus};
 pub use strategy::{Placement, PlacementSpec, ReplicationSettings, StrategyKind};
 
 use crate::reading::InvalidInput;

@@ -93,6 +93,7 @@ impl Replicator {
         };
         let complete = previous.unwrap_or(current.clone());
         let moving = !complete.same_layout(&new);
+        self.next_epoch().await?;
         self.meta.put_setting(PLACEMENT, &new.spec()).await?;
         if moving {
             self.meta

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::replicator::{NodeStatus, Replicator};
+use super::replicator::Replicator;
+use super::state::{DownReason, NodeStatus};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::SensorId;
 use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, Scan, StorageNode};
@@ -48,12 +49,13 @@ impl Replicator {
         {
             let _gate = self.gate.write().await;
             let mut state = self.state_mut();
-            if state.status.get(id) == Some(&NodeStatus::Down) {
+            if state.reason(id) == Some(DownReason::Admin) {
                 return Err(ReplicationError::Conflict(format!(
                     "node {id} is already down"
                 )));
             }
-            state.status.insert(id.clone(), NodeStatus::Down);
+            // A node down by itself is kept down by the operator from now on.
+            state.set_down(id, DownReason::Admin);
         }
         tracing::warn!(node = %id, "node taken out of service");
         self.persist_down_nodes().await
@@ -66,10 +68,34 @@ impl Replicator {
         let _admin = self.admin.lock().await;
         {
             let _gate = self.gate.write().await;
-            self.state_mut()
-                .status
-                .insert(id.clone(), NodeStatus::Recovering);
+            self.state_mut().set_recovering(id);
         }
+        self.recover_marked(id).await
+    }
+
+    /// Recovers a node that went down by itself and answers again; `None`
+    /// if it is no longer down, or an operator took it out meanwhile.
+    pub(super) async fn recover_automatically(
+        &self,
+        id: &NodeId,
+    ) -> ReplicationResult<Option<RecoveryReport>> {
+        let _admin = self.admin.lock().await;
+        {
+            let _gate = self.gate.write().await;
+            let mut state = self.state_mut();
+            let down_by_itself = state.status(id) == Some(NodeStatus::Down)
+                && state.reason(id) != Some(DownReason::Admin);
+            if !down_by_itself {
+                return Ok(None);
+            }
+            state.set_recovering(id);
+        }
+        self.recover_marked(id).await.map(Some)
+    }
+
+    /// The recovery of a node already marked recovering; the caller holds
+    /// the admin lock.
+    async fn recover_marked(&self, id: &NodeId) -> ReplicationResult<RecoveryReport> {
         tracing::info!(node = %id, "recovering node");
         let started = Instant::now();
         let outcome = async {
@@ -83,13 +109,13 @@ impl Replicator {
         .await;
 
         let _gate = self.gate.write().await;
-        let still_recovering = self.state().status.get(id) == Some(&NodeStatus::Recovering);
+        let still_recovering = self.state().status(id) == Some(NodeStatus::Recovering);
         let result = match outcome {
             Ok(_) if !still_recovering => Err(ReplicationError::Conflict(format!(
                 "node {id} was failed again while recovering"
             ))),
             Ok((hints_replayed, repaired, removed)) => {
-                self.state_mut().status.insert(id.clone(), NodeStatus::Up);
+                self.state_mut().set_up(id);
                 Ok(RecoveryReport {
                     id: id.clone(),
                     status: NodeStatus::Up,
@@ -100,7 +126,8 @@ impl Replicator {
                 })
             }
             Err(error) => {
-                self.state_mut().status.insert(id.clone(), NodeStatus::Down);
+                self.state_mut()
+                    .set_down(id, DownReason::of_recovery(&error));
                 tracing::error!(node = %id, %error, "recovery failed; the node stays down");
                 Err(error)
             }

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
 
 use futures::future::join_all;
 use serde::Serialize;
@@ -11,16 +12,46 @@ use tokio::sync::Notify;
 
 use super::meta::MetaStore;
 use super::rebalance::RebalanceProgress;
+use super::state::{ClusterState, DownReason, NodeStatus};
 use super::strategy::{Placement, PlacementSpec};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::{Key, Reading, Sample, SensorId};
-use crate::storage::{NodeId, Record, Scan, StorageError, StorageNode, StorageResult};
+use crate::storage::{Incarnation, NodeId, Record, Scan, StorageError, StorageNode, StorageResult};
 use crate::version::{Clock, Version};
 
 pub(super) const PLACEMENT: &str = "placement";
 pub(super) const PREVIOUS_PLACEMENT: &str = "previous_placement";
 pub(super) const CLEANUP_PENDING: &str = "cleanup_pending";
 const DOWN_NODES: &str = "down_nodes";
+/// The incarnation each node's storage was last known by.
+const INCARNATIONS: &str = "incarnations";
+/// A version above every version this service has issued (see
+/// [`Replicator::persist_clock_high_water`]).
+const CLOCK_HIGH_WATER: &str = "clock_high_water";
+/// The settings epoch: counts placement changes (see [`Replicator::epoch`]).
+pub(super) const EPOCH: &str = "settings_epoch";
+/// How far ahead of the last issued version the durable high water is
+/// kept: a restart after a crash issues versions above it, so above every
+/// version issued in the second before the crash.
+const CLOCK_LEASE_MS: u64 = 10_000;
+
+/// The nodes persisted as down: a list of ids (admin downs) in builds
+/// before reasons existed, a map since.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum PersistedDown {
+    Reasons(BTreeMap<NodeId, DownReason>),
+    Ids(Vec<NodeId>),
+}
+
+impl PersistedDown {
+    fn into_reasons(self) -> BTreeMap<NodeId, DownReason> {
+        match self {
+            Self::Reasons(reasons) => reasons,
+            Self::Ids(ids) => ids.into_iter().map(|id| (id, DownReason::Admin)).collect(),
+        }
+    }
+}
 
 /// One point read in this many asks every replica and repairs stale ones.
 pub const READ_REPAIR_EVERY: u64 = 16;
@@ -28,63 +59,22 @@ pub const READ_REPAIR_EVERY: u64 = 16;
 /// Largest page fetched from one node while merging a scan over all nodes.
 const MERGE_PAGE: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeStatus {
-    /// Serves reads and writes.
-    Up,
-    /// Out of service: no reads or writes; writes meant for it become hints.
-    Down,
-    /// Being repaired: receives writes, serves no reads.
-    Recovering,
-}
-
 /// One node's line in `/nodes_status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
     pub id: NodeId,
     pub status: NodeStatus,
+    /// Why it is down; `None` unless it is.
+    pub reason: Option<DownReason>,
+    /// Its directory, or the URL of its node process.
+    pub address: String,
+    /// When it last answered a probe (RFC 3339, UTC); `None` before the
+    /// first answer since the service started.
+    pub last_seen: Option<String>,
     /// Live measurements stored (`None` if the node could not be asked).
     pub keys: Option<u64>,
     pub tombstones: Option<u64>,
     pub hints_pending: u64,
-}
-
-/// Statuses and placements: see the module docs of `replication` for why
-/// this sits behind a `std::sync::RwLock`.
-pub(super) struct ClusterState {
-    pub status: BTreeMap<NodeId, NodeStatus>,
-    /// Where data belongs now; writes are counted against its replicas.
-    pub current: Arc<Placement>,
-    /// While data is being moved: the last placement whose owners hold
-    /// everything. Reads use it; writes go to its owners too.
-    pub previous: Option<Arc<Placement>>,
-    pub rebalance: Option<RebalanceProgress>,
-}
-
-impl ClusterState {
-    /// Where reads of `sensor` go: owners that are guaranteed complete.
-    fn authoritative(&self) -> &Arc<Placement> {
-        self.previous.as_ref().unwrap_or(&self.current)
-    }
-
-    pub fn is_up(&self, node: &NodeId) -> bool {
-        self.status.get(node) == Some(&NodeStatus::Up)
-    }
-
-    /// Every node that should hold `sensor` now: current and, during a
-    /// move, previous owners.
-    pub fn holders(&self, sensor: &SensorId) -> Vec<NodeId> {
-        let mut holders = self.current.replicas(sensor);
-        if let Some(previous) = &self.previous {
-            for node in previous.replicas(sensor) {
-                if !holders.contains(&node) {
-                    holders.push(node);
-                }
-            }
-        }
-        holders
-    }
 }
 
 /// Where one write batch goes.
@@ -114,6 +104,11 @@ pub struct Replicator {
     /// same version and an update never brings back a key deleted in
     /// between. (One service coordinates writes; see the crate docs.)
     key_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// When each node last answered a probe.
+    seen: Mutex<BTreeMap<NodeId, SystemTime>>,
+    /// The settings epoch, shared with the clients of node processes, which
+    /// send it with every call.
+    epoch: Arc<AtomicU64>,
 }
 
 /// Stripes of [`Replicator::key_stripes`].
@@ -121,7 +116,7 @@ const KEY_STRIPES: usize = 256;
 
 impl Replicator {
     /// Opens the cluster: the placement persisted by an earlier run wins over
-    /// `configured` (SPEC §6), except for the node list, which comes from the
+    /// `configured`, except for the node list, which comes from the
     /// configuration; a changed node list starts a rebalance. `open_node`
     /// opens a storage node by id.
     pub async fn open(
@@ -129,8 +124,21 @@ impl Replicator {
         configured: PlacementSpec,
         open_node: impl Fn(&NodeId) -> StorageResult<Arc<dyn StorageNode>>,
     ) -> ReplicationResult<Arc<Self>> {
+        let epoch = Arc::new(AtomicU64::new(0));
+        Self::open_with_epoch(meta, configured, epoch, open_node).await
+    }
+
+    /// [`Self::open`], keeping the settings epoch in `epoch`, a cell the
+    /// clients of node processes already hold (they send it with every call).
+    pub async fn open_with_epoch(
+        meta: MetaStore,
+        configured: PlacementSpec,
+        epoch: Arc<AtomicU64>,
+        open_node: impl Fn(&NodeId) -> StorageResult<Arc<dyn StorageNode>>,
+    ) -> ReplicationResult<Arc<Self>> {
         let stored: Option<PlacementSpec> = meta.setting(PLACEMENT).await?;
         let mut previous: Option<PlacementSpec> = meta.setting(PREVIOUS_PLACEMENT).await?;
+        let changed = stored.as_ref().is_some_and(|s| s.nodes != configured.nodes);
         let current = match stored {
             None => configured,
             Some(stored) if stored.nodes == configured.nodes => stored,
@@ -150,6 +158,15 @@ impl Replicator {
             .transpose()?
             .filter(|p| !p.same_layout(&current));
 
+        let stored_epoch: u64 = meta.setting(EPOCH).await?.unwrap_or(1);
+        let new_epoch = if changed {
+            stored_epoch + 1
+        } else {
+            stored_epoch
+        };
+        meta.put_setting(EPOCH, &new_epoch).await?;
+        epoch.store(new_epoch, Ordering::Release);
+
         let mut nodes = BTreeMap::new();
         for id in current
             .nodes()
@@ -160,23 +177,28 @@ impl Replicator {
                 nodes.insert(id.clone(), open_node(id)?);
             }
         }
-        let down: Vec<NodeId> = meta.setting(DOWN_NODES).await?.unwrap_or_default();
-        let status = nodes
-            .keys()
-            .map(|id| {
-                let s = if down.contains(id) {
-                    NodeStatus::Down
-                } else {
-                    NodeStatus::Up
-                };
-                (id.clone(), s)
-            })
-            .collect();
+        let mut down: BTreeMap<NodeId, DownReason> = meta
+            .setting::<PersistedDown>(DOWN_NODES)
+            .await?
+            .map(PersistedDown::into_reasons)
+            .unwrap_or_default();
 
+        // Versions must stay above every version issued before: those on
+        // the nodes it reaches, in its hints, and its own durable high water
+        // (which covers the nodes it cannot reach now).
         let clock = Clock::new();
         clock.observe(meta.max_version().await?);
-        for node in nodes.values() {
-            clock.observe(node.stats().await?.max_version);
+        clock.observe(Version(meta.setting(CLOCK_HIGH_WATER).await?.unwrap_or(0)));
+        for (id, node) in &nodes {
+            match node.stats().await {
+                Ok(stats) => clock.observe(stats.max_version),
+                Err(error) => {
+                    let reason = DownReason::of(&error);
+                    tracing::warn!(node = %id, address = %node.address(), %error,
+                        reason = reason.as_str(), "storage node not available at start: down until it answers");
+                    down.entry(id.clone()).or_insert(reason);
+                }
+            }
         }
 
         meta.put_setting(PLACEMENT, &current.spec()).await?;
@@ -184,17 +206,14 @@ impl Replicator {
             Some(p) => meta.put_setting(PREVIOUS_PLACEMENT, &p.spec()).await?,
             None => meta.delete_setting(PREVIOUS_PLACEMENT).await?,
         }
+        meta.put_setting(DOWN_NODES, &down).await?;
         let rebalance = previous
             .as_ref()
             .map(|p| RebalanceProgress::new(p, &current));
+        let state = ClusterState::new(nodes.keys().cloned(), &down, current, previous, rebalance);
         let replicator = Arc::new(Self {
             nodes,
-            state: RwLock::new(ClusterState {
-                status,
-                current,
-                previous,
-                rebalance,
-            }),
+            state: RwLock::new(state),
             gate: tokio::sync::RwLock::new(()),
             admin: tokio::sync::Mutex::new(()),
             meta,
@@ -205,7 +224,10 @@ impl Replicator {
             key_stripes: (0..KEY_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            seen: Mutex::new(BTreeMap::new()),
+            epoch,
         });
+        replicator.persist_clock_high_water().await?;
         Ok(replicator)
     }
 
@@ -227,6 +249,102 @@ impl Replicator {
     /// Starts background work: the rebalance mover.
     pub fn start_background(self: &Arc<Self>) {
         super::rebalance::spawn_mover(self);
+    }
+
+    /// Starts failure detection and automatic recovery (see `health.rs`):
+    /// a node silent for `failure_timeout` is marked down, and one that
+    /// answers again is recovered.
+    pub fn start_health(self: &Arc<Self>, failure_timeout: std::time::Duration) {
+        super::health::spawn(self, failure_timeout);
+    }
+
+    /// The settings epoch: it grows with every change of placement, and
+    /// node processes refuse a service whose epoch is older than one they
+    /// have seen.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Moves to the next settings epoch, durably, before a new placement is
+    /// used.
+    pub(super) async fn next_epoch(&self) -> ReplicationResult<()> {
+        let next = self.epoch() + 1;
+        self.meta.put_setting(EPOCH, &next).await?;
+        self.epoch.store(next, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records a version [`CLOCK_LEASE_MS`] above the last one issued, so a
+    /// restart never issues a version below one already issued, even when
+    /// the node that holds it is unreachable then. Called at open and by the
+    /// health task every probe interval.
+    pub(super) async fn persist_clock_high_water(&self) -> StorageResult<()> {
+        let high_water = self.clock.last().0 + (CLOCK_LEASE_MS << crate::version::LOGICAL_BITS);
+        self.meta.put_setting(CLOCK_HIGH_WATER, &high_water).await
+    }
+
+    /// Every node with its handle.
+    pub(super) fn node_handles(&self) -> Vec<(NodeId, Arc<dyn StorageNode>)> {
+        self.nodes
+            .iter()
+            .map(|(id, node)| (id.clone(), node.clone()))
+            .collect()
+    }
+
+    /// A node's status and, when down, why.
+    pub fn status_of(&self, id: &NodeId) -> (NodeStatus, Option<DownReason>) {
+        let state = self.state();
+        (
+            state.status(id).unwrap_or(NodeStatus::Down),
+            state.reason(id),
+        )
+    }
+
+    /// Takes a node out after it failed, unless it is down already: writes
+    /// meant for it become hints from now on.
+    pub(super) async fn mark_down(&self, id: &NodeId, reason: DownReason) {
+        {
+            let _gate = self.gate.write().await;
+            let mut state = self.state_mut();
+            if state.status(id) == Some(NodeStatus::Down) {
+                return;
+            }
+            state.set_down(id, reason);
+        }
+        if let Err(error) = self.persist_down_nodes().await {
+            tracing::error!(node = %id, %error, "could not record the node as down");
+        }
+    }
+
+    /// A node answered a probe at `when`.
+    pub(super) fn saw(&self, id: &NodeId, when: SystemTime) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), when);
+    }
+
+    /// The incarnation each node was last known by.
+    pub(super) async fn known_incarnations(&self) -> BTreeMap<NodeId, Incarnation> {
+        match self.meta.setting(INCARNATIONS).await {
+            Ok(known) => known.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the nodes' incarnations");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Records the incarnation a node is known by (after its first answer,
+    /// or once a recovery has refilled a new one).
+    pub(super) async fn remember_incarnation(
+        &self,
+        id: &NodeId,
+        incarnation: &Incarnation,
+    ) -> StorageResult<()> {
+        let mut known = self.known_incarnations().await;
+        known.insert(id.clone(), incarnation.clone());
+        self.meta.put_setting(INCARNATIONS, &known).await
     }
 
     pub(super) fn meta_closed(&self) -> bool {
@@ -270,13 +388,7 @@ impl Replicator {
     }
 
     pub(super) async fn persist_down_nodes(&self) -> ReplicationResult<()> {
-        let down: Vec<NodeId> = self
-            .state()
-            .status
-            .iter()
-            .filter(|(_, s)| **s == NodeStatus::Down)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let down = self.state().down();
         self.meta.put_setting(DOWN_NODES, &down).await?;
         Ok(())
     }
@@ -417,9 +529,9 @@ impl Replicator {
             // owners: repair alone could not help them if the nodes that
             // took the write were down by the time they recover).
             for node in state.holders(sensor) {
-                let destination = match state.status[&node] {
-                    NodeStatus::Down => &mut plan.hints,
-                    NodeStatus::Up | NodeStatus::Recovering => &mut plan.stores,
+                let destination = match state.status(&node) {
+                    Some(NodeStatus::Up | NodeStatus::Recovering) => &mut plan.stores,
+                    Some(NodeStatus::Down) | None => &mut plan.hints,
                 };
                 destination.entry(node).or_default().extend_from_slice(run);
             }
@@ -436,8 +548,10 @@ impl Replicator {
         records: Vec<Record>,
         error: StorageError,
     ) -> ReplicationResult<()> {
-        tracing::error!(node = %id, %error, "storage node failed a write: taking it out of service until it is recovered");
-        self.state_mut().status.insert(id.clone(), NodeStatus::Down);
+        let reason = DownReason::of(&error);
+        tracing::error!(node = %id, %error, reason = reason.as_str(),
+            "storage node failed a write: taking it out of service until it is recovered");
+        self.state_mut().set_down(id, reason);
         self.persist_down_nodes().await?;
         self.meta.add_hints(id, records).await?;
         Ok(())
@@ -674,12 +788,19 @@ impl Replicator {
     /// Every node's status and pending hints, without counting its keys
     /// (`keys` and `tombstones` are `None`): cheap, for health checks.
     pub fn node_states(&self) -> Vec<NodeReport> {
-        self.state()
-            .status
-            .iter()
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let state = self.state();
+        state
+            .statuses()
             .map(|(id, status)| NodeReport {
                 id: id.clone(),
-                status: *status,
+                status,
+                reason: state.reason(id),
+                address: self.nodes[id].address(),
+                last_seen: seen.get(id).map(|when| {
+                    chrono::DateTime::<chrono::Utc>::from(*when)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                }),
                 keys: None,
                 tombstones: None,
                 hints_pending: self.meta.hints_pending(id),

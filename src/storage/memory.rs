@@ -11,13 +11,15 @@ use async_trait::async_trait;
 
 use super::digest::DigestBuilder;
 use super::{
-    DigestRequest, NodeId, NodeStats, RangeDigest, Record, Scan, StorageNode, StorageResult,
+    DigestRequest, Incarnation, NodeId, NodeStats, RangeDigest, Record, Scan, StorageNode,
+    StorageResult,
 };
 use crate::reading::{Key, SensorId};
 
 pub struct MemoryNode {
     id: NodeId,
     records: Mutex<BTreeMap<Key, Record>>,
+    incarnation: Mutex<Incarnation>,
 }
 
 impl MemoryNode {
@@ -25,12 +27,14 @@ impl MemoryNode {
         Self {
             id,
             records: Mutex::new(BTreeMap::new()),
+            incarnation: Mutex::new(Incarnation::new()),
         }
     }
 
     /// Forgets everything, like a disk replaced by an empty one.
     pub fn wipe(&self) {
         self.records().clear();
+        *self.incarnation.lock().unwrap_or_else(|p| p.into_inner()) = Incarnation::new();
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Record>> {
@@ -107,5 +111,17 @@ impl StorageNode for MemoryNode {
 
     async fn close(&self) -> StorageResult<()> {
         Ok(())
+    }
+
+    fn address(&self) -> String {
+        "memory".into()
+    }
+
+    async fn probe(&self) -> StorageResult<Incarnation> {
+        Ok(self
+            .incarnation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod digest;
 pub mod memory;
+pub mod remote;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -158,6 +159,25 @@ pub enum StorageError {
     Corrupt(String),
     #[error("the storage node is closed")]
     Closed,
+    /// A node in another process did not answer (refused, cut off, or past
+    /// the call's deadline): what a call did there is unknown.
+    #[error("storage node unreachable: {0}")]
+    Unreachable(String),
+    /// A node in another process failed with its storage.
+    #[error("{0}")]
+    Remote(String),
+    /// A node in another process refused the call: wrong secret, another
+    /// node's directory, or a service older than one it has seen.
+    #[error("storage node refused the call: {0}")]
+    Refused(String),
+}
+
+impl StorageError {
+    /// Whether the node could not be reached at all, rather than failing
+    /// with its storage.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable(_) | Self::Refused(_))
+    }
 }
 
 impl From<rusqlite::types::FromSqlError> for StorageError {
@@ -174,6 +194,20 @@ pub(crate) fn ensure_dir(dir: &std::path::Path) -> StorageResult<()> {
         path: dir.display().to_string(),
         source,
     })
+}
+
+/// Replaces `path` with `contents` so that a crash leaves the old file or
+/// the new one, never a part: written beside it, synced, renamed over it,
+/// and the directory synced.
+pub(crate) fn write_file_durably(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A place that durably stores versioned records.
@@ -204,4 +238,31 @@ pub trait StorageNode: Send + Sync + 'static {
 
     /// Finishes pending writes and releases the node's resources.
     async fn close(&self) -> StorageResult<()>;
+
+    /// Where the node keeps its data, for status pages: a directory, or the
+    /// URL of a node process.
+    fn address(&self) -> String;
+
+    /// A cheap call that tells whether the node serves, and which
+    /// incarnation of its storage answers: the incarnation is made with the
+    /// node's database, so a new one means the data it held is gone (a
+    /// wiped directory, a replaced disk).
+    async fn probe(&self) -> StorageResult<Incarnation>;
+}
+
+/// Names one life of a node's storage, from its creation to its loss.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Incarnation(pub String);
+
+impl Incarnation {
+    /// A new, random one.
+    pub fn new() -> Self {
+        Self(format!("{:032x}", rand::random::<u128>()))
+    }
+}
+
+impl Default for Incarnation {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -20,14 +20,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::Deserialize;
 
 use super::digest::DigestBuilder;
 use super::worker::Worker;
 use super::{
-    DigestRequest, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError, StorageNode,
-    StorageResult,
+    DigestRequest, Incarnation, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError,
+    StorageNode, StorageResult,
 };
 use crate::reading::{Key, Sample, SensorId, Unit};
 use crate::version::Version;
@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS readings (
     unit    TEXT,
     PRIMARY KEY (sensor, ts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS incarnation (
+    id TEXT NOT NULL
+);
 ";
 
 /// SQLite's unix VFS variant for a database that one process owns. The
@@ -212,6 +215,9 @@ impl ReadPool {
 /// A storage node backed by one SQLite database file.
 pub struct SqliteNode {
     id: NodeId,
+    /// The database file.
+    path: PathBuf,
+    incarnation: Incarnation,
     writer: Worker<NodeWriter>,
     readers: Arc<ReadPool>,
     /// Journaled records not yet in `readings` (see `writer.rs`).
@@ -227,6 +233,7 @@ impl SqliteNode {
         let mut connection = open_connection(&path, synchronous)?;
         connection.execute_batch(SCHEMA)?;
         connection.execute_batch(JOURNAL_SCHEMA)?;
+        let incarnation = incarnation(&connection)?;
         // One prepared statement per chunk length (1..=UPSERT_CHUNK) of the
         // upsert and of the journal append stays cached: with rusqlite's
         // default of 16, small group commits of varying size re-parsed a
@@ -238,11 +245,23 @@ impl SqliteNode {
         let writer = Worker::spawn(format!("store-{id}"), connection, executor)?;
         Ok(Self {
             id,
+            incarnation,
             writer,
-            readers: Arc::new(ReadPool::new(path)),
+            readers: Arc::new(ReadPool::new(path.clone())),
+            path,
             pending,
             digests,
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The incarnation of this database, made with it.
+    pub fn incarnation(&self) -> &Incarnation {
+        &self.incarnation
     }
 
     /// Merges the journal into `readings`, so that a read of `readings`
@@ -270,6 +289,19 @@ impl SqliteNode {
             })
             .await
     }
+}
+
+/// The database's incarnation, made with it.
+fn incarnation(connection: &Connection) -> StorageResult<Incarnation> {
+    let stored: Option<String> = connection
+        .query_row("SELECT id FROM incarnation", [], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = stored {
+        return Ok(Incarnation(id));
+    }
+    let made = Incarnation::new();
+    connection.execute("INSERT INTO incarnation (id) VALUES (?1)", [&made.0])?;
+    Ok(made)
 }
 
 /// Reads the rows `request` covers from `readings` and digests them.
@@ -526,5 +558,22 @@ impl StorageNode for SqliteNode {
         self.writer.close().await;
         self.readers.clear();
         Ok(())
+    }
+
+    fn address(&self) -> String {
+        self.path
+            .parent()
+            .unwrap_or(&self.path)
+            .display()
+            .to_string()
+    }
+
+    async fn probe(&self) -> StorageResult<Incarnation> {
+        // A page of the file, read through the pool: fails when the file or
+        // its disk does.
+        self.readers
+            .read_small(|c| Ok(c.query_row("SELECT count(*) FROM incarnation", [], |_| Ok(()))?))
+            .await?;
+        Ok(self.incarnation.clone())
     }
 }

@@ -287,5 +287,8 @@ async fn reads_beyond_the_pool_wait_for_a_connection_instead_of_opening_one() {
     }
     assert_eq!(extra.await.expect("the waiting read runs"), None);
     let idle = node.readers.idle.lock().expect("lock").len();
-    assert_eq!(idle, MAX_READERS, "no connection beyond the limit was opened");
+    assert_eq!(
+        idle, MAX_READERS,
+        "no connection beyond the limit was opened"
+    );
 }

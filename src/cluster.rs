@@ -1,0 +1,92 @@
+//! Opens the storage cluster the configuration describes: each node where
+//! it lives (a file in `data_dir`, a directory of its own, or a node
+//! process), the cluster state in `data_dir`, and failure detection.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, NodeLocation};
+use crate::replication::meta::MetaStore;
+use crate::replication::{PlacementSpec, ReplicationError, Replicator};
+use crate::storage::remote::client::{RemoteNode, RemoteSettings};
+use crate::storage::sqlite::SqliteNode;
+use crate::storage::{NodeId, StorageError, StorageNode};
+
+/// A call to a node process other than a probe fails after this long: a
+/// page of a scan or a batch of writes takes milliseconds; this is for a
+/// node that accepted the call and then hangs.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("replication: {0}")]
+    Replication(#[from] ReplicationError),
+    #[error("{0}")]
+    Node(#[from] crate::node::NodeError),
+}
+
+/// Opens every configured node and the replicator over them, and starts
+/// their background work (the rebalance mover, failure detection).
+pub async fn open(config: &Config) -> Result<Arc<Replicator>, ClusterError> {
+    let data_dir = config.data_dir.as_path();
+    let synchronous = config.storage.synchronous;
+    let failure_timeout = config.cluster.failure_timeout()?;
+    let spec = PlacementSpec {
+        settings: config.replication.settings(),
+        nodes: config.replication.node_ids(),
+    };
+    let epoch = Arc::new(AtomicU64::new(0));
+    let remote = RemoteSettings {
+        secret: config.cluster.secret.clone(),
+        probe_deadline: failure_timeout,
+        call_deadline: CALL_DEADLINE,
+        epoch: epoch.clone(),
+    };
+    let places: BTreeMap<NodeId, NodeLocation> = config
+        .replication
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.location.clone()))
+        .collect();
+    for (id, location) in &places {
+        if let NodeLocation::Dir(dir) = location {
+            crate::node::claim_dir(dir, id)?;
+        }
+    }
+    let meta = MetaStore::open(data_dir, synchronous)?;
+    let replicator = Replicator::open_with_epoch(meta, spec, epoch, |id| {
+        let node: Arc<dyn StorageNode> = match places.get(id) {
+            Some(NodeLocation::Process(url)) => {
+                Arc::new(RemoteNode::connect(id.clone(), url, remote.clone())?)
+            }
+            Some(NodeLocation::Dir(dir)) => {
+                Arc::new(SqliteNode::open(id.clone(), dir, synchronous)?)
+            }
+            // A node of an earlier placement that the configuration no
+            // longer names lives in `data_dir` until the rebalance is done.
+            Some(NodeLocation::DataDir) | None => {
+                Arc::new(SqliteNode::open(id.clone(), data_dir, synchronous)?)
+            }
+        };
+        Ok(node)
+    })
+    .await?;
+    replicator.start_background();
+    replicator.start_health(failure_timeout);
+    log_places(&replicator, data_dir);
+    Ok(replicator)
+}
+
+fn log_places(replicator: &Replicator, data_dir: &Path) {
+    for report in replicator.node_states() {
+        tracing::info!(node = %report.id, address = %report.address, status = ?report.status,
+            data_dir = %data_dir.display(), "storage node");
+    }
+}

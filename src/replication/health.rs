@@ -1,0 +1,286 @@
+//! Failure detection and automatic recovery: nodes found down and brought
+//! back without an operator.
+//!
+//! One task probes every node each `failure_timeout / 3`, all at once, each
+//! probe bounded by `failure_timeout`:
+//! * a node up (or recovering) that has not answered for `failure_timeout`
+//!   is marked down, reason `unreachable` (a node process) or `disk` (a
+//!   node whose storage fails). A failed write marks a node down at once
+//!   (see `Replicator::write`), without waiting for the probes.
+//! * a node down for any reason but `admin` that answers again is recovered
+//!   (hints, then digest repair, then `up`). `admin` means an operator took
+//!   it out; only `recover_node` brings it back.
+//! * a node that answers with a new incarnation has lost its data (a wiped
+//!   directory, a replaced disk): it is marked down (`disk`) and recovered,
+//!   which refills it from its peers. The incarnation it is known by is
+//!   recorded once a recovery has refilled it.
+//!
+//! **Flapping.** Automatic recoveries of one node are spaced by a backoff:
+//! none before the first, then 1 s, 2 s, 4 s … up to [`MAX_BACKOFF`], doubled
+//! each time the node goes down again within [`STABLE_AFTER`] of being
+//! recovered or a recovery fails, and forgotten once the node has stayed up
+//! for [`STABLE_AFTER`]. A link that flaps every few seconds therefore costs
+//! one repair a minute at most, not one per flap.
+//!
+//! The same task keeps the clock's durable high water (see
+//! `Replicator::persist_clock_high_water`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::join_all;
+
+use super::replicator::Replicator;
+use super::state::{DownReason, NodeStatus};
+use crate::storage::{Incarnation, NodeId, StorageResult};
+
+/// The longest wait between automatic recoveries of a flapping node.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A node up this long after a recovery is no longer flapping.
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// The first wait of a node found flapping.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Probes run at least this far apart, whatever `failure_timeout` is.
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What the detector remembers of one node between probes.
+#[derive(Debug)]
+struct Watch {
+    /// The last answer to a probe (or the start, before any).
+    last_answer: Instant,
+    /// When the node last became `up` through a recovery.
+    up_since: Option<Instant>,
+    /// The wait before the next automatic recovery, once down.
+    backoff: Duration,
+    /// No automatic recovery before this.
+    next_attempt: Instant,
+    /// Its status at the previous probe.
+    was: NodeStatus,
+}
+
+impl Watch {
+    fn new(now: Instant, status: NodeStatus) -> Self {
+        Self {
+            last_answer: now,
+            up_since: None,
+            backoff: Duration::ZERO,
+            next_attempt: now,
+            was: status,
+        }
+    }
+
+    /// The node went down at `now`: a node recovered less than
+    /// [`STABLE_AFTER`] ago is flapping, and waits longer for its next
+    /// recovery.
+    fn went_down(&mut self, now: Instant) {
+        let flapping = self
+            .up_since
+            .is_some_and(|since| now.duration_since(since) < STABLE_AFTER);
+        self.backoff = if flapping {
+            next_backoff(self.backoff)
+        } else {
+            Duration::ZERO
+        };
+        self.up_since = None;
+        self.next_attempt = now + self.backoff;
+    }
+
+    /// An automatic recovery failed at `now`.
+    fn recovery_failed(&mut self, now: Instant) {
+        self.backoff = next_backoff(self.backoff);
+        self.next_attempt = now + self.backoff;
+    }
+}
+
+fn next_backoff(current: Duration) -> Duration {
+    if current.is_zero() {
+        FIRST_BACKOFF
+    } else {
+        (current * 2).min(MAX_BACKOFF)
+    }
+}
+
+/// Starts the detector; it stops once the replicator is closed or dropped.
+pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
+    let weak: Weak<Replicator> = Arc::downgrade(replicator);
+    let interval = (failure_timeout / 3).max(MIN_PROBE_INTERVAL);
+    tokio::spawn(async move {
+        let mut watches: BTreeMap<NodeId, Watch> = BTreeMap::new();
+        let recovering: Arc<std::sync::Mutex<Option<NodeId>>> = Arc::default();
+        loop {
+            {
+                let Some(replicator) = weak.upgrade() else {
+                    return;
+                };
+                if replicator.meta_closed() {
+                    return;
+                }
+                probe_all(&replicator, failure_timeout, &mut watches, &recovering).await;
+                if let Err(error) = replicator.persist_clock_high_water().await {
+                    tracing::warn!(%error, "could not record the clock's high water");
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+}
+
+/// One round: probe every node, then act on what changed.
+async fn probe_all(
+    replicator: &Arc<Replicator>,
+    failure_timeout: Duration,
+    watches: &mut BTreeMap<NodeId, Watch>,
+    recovering: &Arc<std::sync::Mutex<Option<NodeId>>>,
+) {
+    let nodes = replicator.node_handles();
+    let probes = join_all(nodes.iter().map(|(_, node)| async move {
+        match tokio::time::timeout(failure_timeout, node.probe()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(crate::storage::StorageError::Unreachable(format!(
+                "no answer to a probe within {failure_timeout:?}"
+            ))),
+        }
+    }))
+    .await;
+    let known = replicator.known_incarnations().await;
+    let now = Instant::now();
+    for ((id, node), probe) in nodes.iter().zip(probes) {
+        let (status, reason) = replicator.status_of(id);
+        let watch = watches
+            .entry(id.clone())
+            .or_insert_with(|| Watch::new(now, status));
+        if status == NodeStatus::Down && watch.was == NodeStatus::Recovering {
+            watch.recovery_failed(now);
+        } else if status == NodeStatus::Down && watch.was != NodeStatus::Down {
+            watch.went_down(now);
+        }
+        if status == NodeStatus::Up && watch.was == NodeStatus::Recovering {
+            watch.up_since = Some(now);
+        }
+        if watch
+            .up_since
+            .is_some_and(|since| now.duration_since(since) >= STABLE_AFTER)
+        {
+            watch.backoff = Duration::ZERO;
+        }
+        watch.was = status;
+        match probe {
+            Ok(incarnation) => {
+                watch.last_answer = now;
+                replicator.saw(id, SystemTime::now());
+                let lost_data = known.get(id).is_some_and(|known| *known != incarnation);
+                if lost_data && status != NodeStatus::Down {
+                    tracing::warn!(node = %id, address = %node.address(),
+                        "node answers with new, empty storage: its data is gone; refilling it");
+                    replicator.mark_down(id, DownReason::Disk).await;
+                    watch.went_down(now);
+                    watch.was = NodeStatus::Down;
+                }
+                if !known.contains_key(id)
+                    && let Err(error) = replicator.remember_incarnation(id, &incarnation).await
+                {
+                    tracing::warn!(node = %id, %error, "could not record the node's incarnation");
+                }
+                let down_by_itself = replicator.status_of(id).0 == NodeStatus::Down
+                    && reason != Some(DownReason::Admin);
+                if down_by_itself && now >= watch.next_attempt {
+                    start_recovery(replicator, id, incarnation, recovering, watch, now);
+                }
+            }
+            Err(error) => {
+                let silent_for = now.duration_since(watch.last_answer);
+                if status != NodeStatus::Down && silent_for >= failure_timeout {
+                    let reason = DownReason::of(&error);
+                    tracing::warn!(node = %id, address = %node.address(), %error,
+                        reason = reason.as_str(), "node stopped answering: marking it down");
+                    replicator.mark_down(id, reason).await;
+                    watch.went_down(now);
+                    watch.was = NodeStatus::Down;
+                }
+            }
+        }
+    }
+}
+
+/// Recovers `id` in a task of its own, one node at a time, unless a
+/// recovery is already running.
+fn start_recovery(
+    replicator: &Arc<Replicator>,
+    id: &NodeId,
+    incarnation: Incarnation,
+    recovering: &Arc<std::sync::Mutex<Option<NodeId>>>,
+    watch: &mut Watch,
+    now: Instant,
+) {
+    {
+        let mut running = recovering.lock().unwrap_or_else(|p| p.into_inner());
+        if running.is_some() {
+            return;
+        }
+        *running = Some(id.clone());
+    }
+    // Not again before the backoff, even if this one ends at once.
+    watch.next_attempt = now + watch.backoff.max(FIRST_BACKOFF);
+    let (replicator, id, recovering) = (replicator.clone(), id.clone(), recovering.clone());
+    tokio::spawn(async move {
+        tracing::info!(node = %id, "node answers again: recovering it automatically");
+        let outcome: StorageResult<()> = match replicator.recover_automatically(&id).await {
+            Ok(Some(_)) => replicator.remember_incarnation(&id, &incarnation).await,
+            Ok(None) => Ok(()),
+            Err(error) => {
+                tracing::warn!(node = %id, %error, "automatic recovery failed; will retry");
+                Ok(())
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(node = %id, %error, "could not record the node's incarnation");
+        }
+        *recovering.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_flaps_waits_longer_each_time_and_a_stable_one_not_at_all() {
+        let start = Instant::now();
+        let mut watch = Watch::new(start, NodeStatus::Up);
+        watch.went_down(start);
+        assert_eq!(
+            watch.backoff,
+            Duration::ZERO,
+            "a first failure recovers at once"
+        );
+        let mut now = start;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            // Recovered, then down again ten seconds later: flapping.
+            watch.up_since = Some(now);
+            now += Duration::from_secs(10);
+            watch.went_down(now);
+            waits.push(watch.backoff.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        watch.up_since = Some(now);
+        now += STABLE_AFTER + Duration::from_secs(1);
+        watch.went_down(now);
+        assert_eq!(
+            watch.backoff,
+            Duration::ZERO,
+            "a minute up forgets the flapping"
+        );
+    }
+
+    #[test]
+    fn a_failed_recovery_waits_before_the_next() {
+        let start = Instant::now();
+        let mut watch = Watch::new(start, NodeStatus::Down);
+        watch.recovery_failed(start);
+        assert_eq!(watch.next_attempt, start + FIRST_BACKOFF);
+        watch.recovery_failed(start);
+        assert_eq!(watch.next_attempt, start + 2 * FIRST_BACKOFF);
+    }
+}
