@@ -5,6 +5,7 @@
 pub mod mosquitto;
 pub mod mqtt_client;
 pub mod mqtt_scenarios;
+pub mod node_process;
 pub mod service;
 
 use std::collections::BTreeMap;
