@@ -255,3 +255,22 @@ pub async fn serve(
         )
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_refuses_an_older_epoch_than_it_has_seen_even_after_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let guard = EpochGuard::open(dir.path()).expect("open");
+        guard.admit(1).expect("the first epoch");
+        guard.admit(3).expect("a newer epoch");
+        let refused = guard.admit(2).expect_err("an older epoch");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+
+        let reopened = EpochGuard::open(dir.path()).expect("reopen");
+        assert!(reopened.admit(2).is_err(), "the newest epoch is durable");
+        reopened.admit(3).expect("the same epoch");
+    }
+}
