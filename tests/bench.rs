@@ -92,6 +92,19 @@ fn a_tiny_bench_writes_every_figure_and_three_plots() {
         assert!(results["limits"][limit].as_f64() > Some(0.0), "{limit}");
     }
     assert!(results["rebalance"]["ms"].as_f64() > Some(0.0));
+    let nodes = &results["node_processes"];
+    for figure in [
+        "batch_readings_per_s",
+        "batch_ratio_to_in_process",
+        "kill_to_down_ms",
+        "restart_to_up_ms",
+    ] {
+        assert!(nodes[figure].as_f64() > Some(0.0), "{figure}: {nodes}");
+    }
+    assert!(
+        nodes["recovery"]["missed"].as_u64() > Some(0),
+        "the node process missed readings and got them back: {nodes}"
+    );
     // `.ci/run` installs mosquitto, so there the external comparison runs.
     if std::path::Path::new("/usr/sbin/mosquitto").is_file() {
         let external = &results["external_broker"];

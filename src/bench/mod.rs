@@ -20,6 +20,7 @@
 pub mod baseline;
 mod load;
 mod mosquitto;
+mod nodes;
 mod plots;
 pub mod report;
 mod service;
@@ -100,7 +101,7 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
     std::fs::create_dir_all(&options.out).map_err(output)?;
     let p = Parameters::from_options(options);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let progress = ProgressBar::new(3 + 5 * STRATEGIES.len() as u64 + 1);
+    let progress = ProgressBar::new(4 + 5 * STRATEGIES.len() as u64 + 1);
     progress.set_style(
         ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -149,6 +150,13 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
     .await?;
     let rebalance = workloads::rebalance(&service, &p).await?;
     drop(service);
+    step("node processes: consistent RF 2 over gRPC".into());
+    let in_process_batch = strategies
+        .iter()
+        .find(|s| s.strategy == "consistent")
+        .map_or(0.0, |s| s.write.http_batch_readings_per_s);
+    let dir = tempfile::tempdir()?;
+    let node_processes = nodes::run(dir.path(), &p, in_process_batch).await?;
     step("MQTT through an external mosquitto".into());
     let external_broker = external_broker(&p).await?;
 
@@ -163,6 +171,7 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
         },
         strategies,
         rebalance,
+        node_processes,
         external_broker,
     };
     step("writing results and plots".into());

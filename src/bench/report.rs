@@ -18,6 +18,7 @@ pub struct Results {
     pub limits: Limits,
     pub strategies: Vec<StrategyResults>,
     pub rebalance: Rebalance,
+    pub node_processes: NodeProcesses,
     /// MQTT through an external mosquitto, when one is installed.
     pub external_broker: Option<ExternalBroker>,
 }
@@ -134,6 +135,21 @@ pub struct Recovery {
     /// `POST /recover_node/<id>` until it answered.
     pub ms: f64,
     pub keys_per_s: f64,
+}
+
+/// The cluster with its nodes in processes of their own (see `nodes.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeProcesses {
+    pub batch_readings_per_s: f64,
+    /// Against the in-process `consistent` cluster's batched ingest of the
+    /// same run.
+    pub batch_ratio_to_in_process: f64,
+    /// A node that missed `readings` readings.
+    pub recovery: Recovery,
+    /// From a node's SIGKILL until `/nodes_status` says `down`.
+    pub kill_to_down_ms: f64,
+    /// From its restart until `/nodes_status` says `up`.
+    pub restart_to_up_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,13 +301,22 @@ impl Results {
         format!(
             "{table}\nlimits measured in the same run: empty axum handler {} req/s; \
              embedded broker QoS 1 pub→sub {} msg/s (MQTT 1 reading per message against it: {})\n\
-             rebalance consistent RF 1 → full: {} readings in {:.0} ms ({} readings/s)\n{external}",
+             rebalance consistent RF 1 → full: {} readings in {:.0} ms ({} readings/s)\n\
+             node processes (consistent RF 2, gRPC on loopback): batched ingest {} readings/s \
+             ({:.2} of in-process); recovery of {} records {} keys/s; \
+             SIGKILL to down {:.0} ms, restart to up {:.0} ms (failure_timeout 1s)\n{external}",
             count(self.limits.http_empty_handler_per_s),
             count(self.limits.broker_raw_messages_per_s),
             mqtt_ratios.join(", "),
             count(self.rebalance.readings as f64),
             self.rebalance.ms,
             count(self.rebalance.readings_per_s),
+            count(self.node_processes.batch_readings_per_s),
+            self.node_processes.batch_ratio_to_in_process,
+            count(self.node_processes.recovery.missed as f64),
+            count(self.node_processes.recovery.keys_per_s),
+            self.node_processes.kill_to_down_ms,
+            self.node_processes.restart_to_up_ms,
         )
     }
 }

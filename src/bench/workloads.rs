@@ -99,7 +99,7 @@ async fn median_after_warm_up(
 
 /// `POST /ingest` with `batch_size` readings per request, `batch_concurrency`
 /// in flight.
-async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, BenchError> {
+pub async fn batch_rate(service: &ServiceProcess, p: &Parameters) -> Result<f64, BenchError> {
     let mut first = 0;
     median_after_warm_up(p, async |_| {
         let bodies: Arc<Vec<String>> = Arc::new(
