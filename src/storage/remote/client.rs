@@ -18,7 +18,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::proto::storage_node_client::StorageNodeClient;
-use super::{EPOCH_HEADER, MAX_MESSAGE_BYTES, WIRE_PAGE, proto, wire};
+use super::{
+    CONNECTION_WINDOW_BYTES, EPOCH_HEADER, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES, WIRE_PAGE,
+    proto, wire,
+};
 use crate::reading::Key;
 use crate::storage::{
     DigestRequest, Incarnation, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError,
@@ -77,6 +80,8 @@ impl RemoteNode {
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(settings.probe_deadline)
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(settings.probe_deadline)
             .keep_alive_timeout(settings.probe_deadline);
         let bearer = format!("Bearer {}", settings.secret)

@@ -32,3 +32,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Records per `Apply` or `Scan` call at most.
 pub const WIRE_PAGE: usize = 20_000;
+
+/// HTTP/2 flow-control windows, both sides: a page of [`WIRE_PAGE`]
+/// records (about 1 MB) crosses in one window instead of waiting for
+/// HTTP/2's default 64 KiB to be acknowledged a dozen times.
+pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;

@@ -18,7 +18,9 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use super::proto::storage_node_server::{StorageNode as NodeRpc, StorageNodeServer};
-use super::{EPOCH_HEADER, MAX_MESSAGE_BYTES, proto, wire};
+use super::{
+    CONNECTION_WINDOW_BYTES, EPOCH_HEADER, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES, proto, wire,
+};
 use crate::storage::{StorageError, StorageNode};
 
 /// Answers 401 to a request without the secret.
@@ -244,6 +246,8 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .layer(tower::layer::layer_fn(move |inner| RequireSecret {
             inner,
             expected: expected.clone(),
