@@ -217,6 +217,7 @@ async fn a_node_refuses_the_wrong_secret_and_another_nodes_directory() {
 
     // A caller without the secret gets 401 (gRPC: unauthenticated), and a
     // service with the wrong one sees the node down.
+    energyguard::tls::install_default_provider();
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
