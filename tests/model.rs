@@ -9,6 +9,15 @@
 //! hold exactly the model's live data for the sensors it owns, and no deleted
 //! key may be readable anywhere.
 //!
+//! A third run wraps the in-memory nodes in [`FaultyNode`], which drops a
+//! request or applies a write and loses its reply at moments the seed
+//! chooses: a write whose outcome is unknown is then allowed to have landed
+//! or not, so the model keeps, per key, every value it may hold. The checker
+//! asks that every answer be one of them, that every acknowledged write be
+//! readable until a later acknowledged write replaces it, that no key
+//! deleted (and not maybe-rewritten since) come back, and that at the end
+//! all replicas of a sensor hold the same records.
+//!
 //! Reproducible: the rebalance is stepped by the test (no background task)
 //! on a single-threaded runtime. `MODEL_SEEDS` (default 4; half as many on
 //! SQLite) and `MODEL_OPS` (default 2,500) scale it; `MODEL_SEED` replays
@@ -19,12 +28,17 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use common::*;
+use energyguard::reading::SensorId;
 use energyguard::reading::{Key, Reading, Sample};
 use energyguard::replication::Replicator;
 use energyguard::replication::{NodeStatus, ReplicationError, ReplicationSettings, StrategyKind};
 use energyguard::storage::memory::MemoryNode;
-use energyguard::storage::{NodeId, Scan, StorageNode};
+use energyguard::storage::{
+    DigestRequest, Incarnation, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError,
+    StorageNode, StorageResult,
+};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,6 +72,7 @@ async fn random_operations_on_memory_nodes_match_a_plain_map() {
         let nodes = Nodes {
             all: as_storage(&cluster.nodes),
             wipeable: Some(cluster.nodes.clone()),
+            faulty: None,
         };
         run(seed, ops, cluster.replicator.clone(), nodes).await;
     }
@@ -71,8 +86,120 @@ async fn random_operations_on_sqlite_nodes_match_a_plain_map() {
         let nodes = Nodes {
             all: as_storage(&cluster.nodes),
             wipeable: None,
+            faulty: None,
         };
         run(seed, ops, cluster.replicator.clone(), nodes).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn random_operations_with_dropped_requests_and_lost_replies_keep_every_acknowledged_write() {
+    let ops = env_number("MODEL_OPS", 2_500) as usize;
+    for seed in seeds(env_number("MODEL_SEEDS", 4)) {
+        let cluster = cluster_of(NODES, initial_settings(), |id, _| {
+            Ok(FaultyNode::new(MemoryNode::new(id.clone())))
+        })
+        .await;
+        let nodes = Nodes {
+            all: as_storage(&cluster.nodes),
+            wipeable: None,
+            faulty: Some(cluster.nodes.clone()),
+        };
+        run(seed, ops, cluster.replicator.clone(), nodes).await;
+    }
+}
+
+/// What an armed [`FaultyNode`] does to its next write.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// The request never arrives: nothing applied, no answer.
+    DropRequest,
+    /// Applied, but the reply is lost: the caller cannot know.
+    LoseReply,
+}
+
+/// An in-memory node that fails its next write the way a network does.
+struct FaultyNode {
+    inner: MemoryNode,
+    armed: std::sync::Mutex<Option<Fault>>,
+    /// Faults that went off.
+    fired: std::sync::atomic::AtomicUsize,
+}
+
+impl FaultyNode {
+    fn new(inner: MemoryNode) -> Self {
+        Self {
+            inner,
+            armed: std::sync::Mutex::new(None),
+            fired: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn arm(&self, fault: Fault) {
+        *self.armed.lock().expect("lock") = Some(fault);
+    }
+
+    fn take_fault(&self) -> Option<Fault> {
+        self.armed.lock().expect("lock").take()
+    }
+}
+
+fn lost(what: &str) -> StorageError {
+    StorageError::Unreachable(format!("injected: {what}"))
+}
+
+#[async_trait]
+impl StorageNode for FaultyNode {
+    fn id(&self) -> &NodeId {
+        self.inner.id()
+    }
+
+    async fn apply(&self, records: Vec<Record>) -> StorageResult<u64> {
+        let fault = self.take_fault();
+        if fault.is_some() {
+            self.fired
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match fault {
+            None => self.inner.apply(records).await,
+            Some(Fault::DropRequest) => Err(lost("request dropped")),
+            Some(Fault::LoseReply) => {
+                self.inner.apply(records).await?;
+                Err(lost("reply lost"))
+            }
+        }
+    }
+
+    async fn get(&self, key: &Key) -> StorageResult<Option<Record>> {
+        self.inner.get(key).await
+    }
+
+    async fn scan(&self, scan: Scan) -> StorageResult<Vec<Record>> {
+        self.inner.scan(scan).await
+    }
+
+    async fn digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
+        self.inner.digests(request).await
+    }
+
+    async fn remove_sensors(&self, sensors: Vec<SensorId>) -> StorageResult<u64> {
+        self.inner.remove_sensors(sensors).await
+    }
+
+    async fn stats(&self) -> StorageResult<NodeStats> {
+        self.inner.stats().await
+    }
+
+    async fn close(&self) -> StorageResult<()> {
+        self.inner.close().await
+    }
+
+    fn address(&self) -> String {
+        self.inner.address()
+    }
+
+    async fn probe(&self) -> StorageResult<Incarnation> {
+        self.inner.probe().await
     }
 }
 
@@ -89,11 +216,12 @@ fn as_storage<N: StorageNode>(
         .collect()
 }
 
-/// The replicator's nodes, and the in-memory ones that can have their disk
-/// replaced by an empty one.
+/// The replicator's nodes, the in-memory ones that can have their disk
+/// replaced by an empty one, and the ones that can be made to fail.
 struct Nodes {
     all: BTreeMap<NodeId, Arc<dyn StorageNode>>,
     wipeable: Option<BTreeMap<NodeId, Arc<MemoryNode>>>,
+    faulty: Option<BTreeMap<NodeId, Arc<FaultyNode>>>,
 }
 
 fn random_key(rng: &mut ChaCha8Rng) -> Key {
@@ -120,7 +248,11 @@ struct Run {
     op: usize,
     replicator: Arc<Replicator>,
     nodes: Nodes,
-    model: BTreeMap<Key, f64>,
+    /// Per key, every value it may hold (`None`: absent); a key not in the
+    /// map is certainly absent.
+    model: BTreeMap<Key, Vec<Option<f64>>>,
+    /// [`Run::fired`] when the current operation began.
+    fired_before: usize,
     stats: BTreeMap<&'static str, usize>,
     /// A node whose disk was replaced and not yet repaired. Until it is, no
     /// other node is failed: with its only other copies gone, its data would
@@ -162,6 +294,89 @@ impl Run {
         *self.stats.entry(what).or_default() += 1;
     }
 
+    fn faults(&self) -> bool {
+        self.nodes.faulty.is_some()
+    }
+
+    /// Faults that went off so far, on every node.
+    fn fired(&self) -> usize {
+        self.nodes
+            .faulty
+            .iter()
+            .flat_map(|nodes| nodes.values())
+            .map(|n| n.fired.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    /// What `key` may hold.
+    fn possible(&self, key: &Key) -> Vec<Option<f64>> {
+        self.model.get(key).cloned().unwrap_or_else(|| vec![None])
+    }
+
+    /// An acknowledged write: `key` now holds `value`, whatever came before.
+    fn certain(&mut self, key: Key, value: Option<f64>) {
+        match value {
+            Some(v) => self.model.insert(key, vec![Some(v)]),
+            None => self.model.remove(&key),
+        };
+    }
+
+    /// A write whose outcome is unknown: `value` joins what `key` may hold.
+    fn maybe(&mut self, key: Key, value: Option<f64>) {
+        let mut possible = self.possible(&key);
+        if !possible.contains(&value) {
+            possible.push(value);
+        }
+        self.model.insert(key, possible);
+    }
+
+    /// Whether `key` was found as the model allows.
+    fn check_found(&self, key: &Key, found: bool, what: &str) {
+        let possible = self.possible(key);
+        let allowed = if found {
+            possible.iter().any(Option::is_some)
+        } else {
+            possible.contains(&None)
+        };
+        assert!(
+            allowed,
+            "{}: {what} {key} found={found}, may hold {possible:?}",
+            self.context()
+        );
+    }
+
+    fn check_value(&self, key: &Key, value: Option<f64>, what: &str) {
+        let possible = self.possible(key);
+        assert!(
+            possible.contains(&value),
+            "{}: {what} {key} gave {value:?}, may hold {possible:?}",
+            self.context()
+        );
+    }
+
+    /// A write during which a fault went off may have landed: its values
+    /// join what the keys may hold. Otherwise it was refused before
+    /// anything was written.
+    async fn write_failed(&mut self, error: ReplicationError, writes: Vec<(Key, Option<f64>)>) {
+        if self.fired() > self.fired_before {
+            self.count("unknown outcome");
+            for (key, value) in writes {
+                self.maybe(key, value);
+            }
+        } else {
+            self.check_unavailable(error).await;
+        }
+    }
+
+    /// A read may fail when its replicas are down, or when a fault went off
+    /// on every one it asked.
+    async fn read_failed(&self, error: ReplicationError) {
+        let faulted = self.fired() > self.fired_before;
+        if !(faulted && matches!(error, ReplicationError::Storage(_))) {
+            self.check_unavailable(error).await;
+        }
+    }
+
     /// An operation refused for lack of replicas is allowed only while some
     /// node is down.
     async fn check_unavailable(&self, error: ReplicationError) {
@@ -186,6 +401,7 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
         replicator: replicator.clone(),
         nodes,
         model: BTreeMap::new(),
+        fired_before: 0,
         stats: BTreeMap::new(),
         wiped: None,
     };
@@ -193,6 +409,7 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
 
     for op in 0..ops {
         run.op = op;
+        run.fired_before = run.fired();
         let choice = rng.random_range(0..100);
         match choice {
             0..=34 => {
@@ -205,14 +422,18 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                         },
                     })
                     .collect();
-                match replicator.put(batch.clone()).await {
+                let writes: Vec<(Key, Option<f64>)> = batch
+                    .iter()
+                    .map(|r| (r.key.clone(), Some(r.sample.value)))
+                    .collect();
+                match replicator.put(batch).await {
                     Ok(()) => {
                         run.count("put");
-                        for r in batch {
-                            run.model.insert(r.key, r.sample.value);
+                        for (key, value) in writes {
+                            run.certain(key, value);
                         }
                     }
-                    Err(e) => run.check_unavailable(e).await,
+                    Err(e) => run.write_failed(e, writes).await,
                 }
             }
             35..=44 => {
@@ -221,17 +442,12 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                 match replicator.update(&k, value, None).await {
                     Ok(found) => {
                         run.count("update");
-                        assert_eq!(
-                            found,
-                            run.model.contains_key(&k),
-                            "{}: update {k}",
-                            run.context()
-                        );
+                        run.check_found(&k, found, "update");
                         if found {
-                            run.model.insert(k, value);
+                            run.certain(k, Some(value));
                         }
                     }
-                    Err(e) => run.check_unavailable(e).await,
+                    Err(e) => run.write_failed(e, vec![(k, Some(value))]).await,
                 }
             }
             45..=56 => {
@@ -239,14 +455,12 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                 match replicator.delete(&k).await {
                     Ok(found) => {
                         run.count("delete");
-                        assert_eq!(
-                            found,
-                            run.model.remove(&k).is_some(),
-                            "{}: delete {k}",
-                            run.context()
-                        );
+                        run.check_found(&k, found, "delete");
+                        if found {
+                            run.certain(k, None);
+                        }
                     }
-                    Err(e) => run.check_unavailable(e).await,
+                    Err(e) => run.write_failed(e, vec![(k, None)]).await,
                 }
             }
             57..=71 => {
@@ -254,14 +468,9 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                 match replicator.get(&k).await {
                     Ok(sample) => {
                         run.count("get");
-                        assert_eq!(
-                            sample.map(|s| s.value),
-                            run.model.get(&k).copied(),
-                            "{}: get {k}",
-                            run.context()
-                        );
+                        run.check_value(&k, sample.map(|s| s.value), "get");
                     }
-                    Err(e) => run.check_unavailable(e).await,
+                    Err(e) => run.read_failed(e).await,
                 }
             }
             72..=75 => match replicator
@@ -277,9 +486,9 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                         .into_iter()
                         .map(|r| (r.key, r.sample.expect("live").value))
                         .collect();
-                    assert_eq!(got, run.model, "{}: scan", run.context());
+                    check_holds(&run, &got, |_| true, "scan");
                 }
-                Err(e) => run.check_unavailable(e).await,
+                Err(e) => run.read_failed(e).await,
             },
             76..=81 => {
                 let node = &ids[rng.random_range(0..NODES)];
@@ -298,14 +507,34 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                 let down = run.down_nodes().await;
                 if !down.is_empty() {
                     let node = down[rng.random_range(0..down.len())].clone();
-                    replicator
-                        .recover(&node)
-                        .await
-                        .unwrap_or_else(|e| panic!("{}: recover: {e}", run.context()));
-                    if run.wiped.as_ref() == Some(&node) {
-                        run.wiped = None;
+                    match replicator.recover(&node).await {
+                        Ok(_) => {
+                            if run.wiped.as_ref() == Some(&node) {
+                                run.wiped = None;
+                            }
+                            run.count("recover");
+                        }
+                        // A fault during the recovery's copying: it stays down.
+                        Err(ReplicationError::Storage(_)) if run.fired() > run.fired_before => {
+                            run.count("recovery failed")
+                        }
+                        Err(e) => panic!("{}: recover: {e}", run.context()),
                     }
-                    run.count("recover");
+                }
+            }
+            89..=90 if run.faults() => {
+                // A fault armed on a node, for its next write; not while
+                // nodes are down beyond what the cluster can lose.
+                let down = run.down_nodes().await.len();
+                if down + 1 < NODES - 1 {
+                    let node = &ids[rng.random_range(0..NODES)];
+                    let fault = if rng.random_bool(0.5) {
+                        Fault::DropRequest
+                    } else {
+                        Fault::LoseReply
+                    };
+                    run.nodes.faulty.as_ref().expect("faulty nodes")[node].arm(fault);
+                    run.count("fault armed");
                 }
             }
             89..=90 => {
@@ -330,17 +559,22 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                     .unwrap_or_else(|e| panic!("{}: configure {new:?}: {e}", run.context()));
                 run.count("configure");
             }
-            _ => {
-                replicator
-                    .rebalance_step()
-                    .await
-                    .unwrap_or_else(|e| panic!("{}: rebalance: {e}", run.context()));
-                run.count("rebalance step");
-            }
+            _ => match replicator.rebalance_step().await {
+                Ok(_) => run.count("rebalance step"),
+                // A fault while copying: the mover tries again later.
+                Err(ReplicationError::Storage(_)) if run.fired() > run.fired_before => {
+                    run.count("move failed")
+                }
+                Err(e) => panic!("{}: rebalance: {e}", run.context()),
+            },
         }
     }
 
-    // Bring every node back and let the rebalance finish.
+    // Disarm every fault, bring every node back and let the rebalance
+    // finish.
+    for node in run.nodes.faulty.iter().flat_map(|f| f.values()) {
+        node.take_fault();
+    }
     for node in &ids {
         if run.statuses().await[node] != NodeStatus::Up {
             replicator
@@ -361,6 +595,7 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
     );
 
     let placement = replicator.placement();
+    let mut replicas = Vec::new();
     for (id, node) in &run.nodes.all {
         let held: BTreeMap<Key, f64> = node
             .scan(Scan {
@@ -372,30 +607,41 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
             .into_iter()
             .map(|r| (r.key, r.sample.expect("live").value))
             .collect();
-        let owned: BTreeMap<Key, f64> = run
-            .model
-            .iter()
-            .filter(|(k, _)| placement.replicas(&k.sensor).contains(id))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        assert_eq!(
-            held, owned,
-            "seed {seed}: node {id} holds exactly its share of the model"
+        let owns = |k: &Key| placement.replicas(&k.sensor).contains(id);
+        assert!(
+            held.keys().all(owns),
+            "seed {seed}: node {id} holds a sensor it does not own"
         );
+        check_holds(&run, &held, owns, &format!("node {id}"));
+        replicas.push((id.clone(), held));
+    }
+    // Replicas agree: every pair of nodes holds the same records for the
+    // sensors both own.
+    for (a, held_a) in &replicas {
+        for (b, held_b) in &replicas {
+            let both = |k: &&Key| {
+                let owners = placement.replicas(&k.sensor);
+                owners.contains(a) && owners.contains(b)
+            };
+            let on_a: Vec<_> = held_a.iter().filter(|(k, _)| both(k)).collect();
+            let on_b: Vec<_> = held_b.iter().filter(|(k, _)| both(k)).collect();
+            assert_eq!(on_a, on_b, "seed {seed}: replicas {a} and {b} differ");
+        }
     }
     let every_key: BTreeSet<Key> = (0..SENSORS)
         .flat_map(|s| (0..TIMESTAMPS).map(move |t| key(&format!("s{s}"), t)))
         .collect();
     for k in every_key {
         let got = replicator.get(&k).await.expect("get").map(|s| s.value);
-        assert_eq!(
-            got,
-            run.model.get(&k).copied(),
-            "seed {seed}: final read of {k}"
-        );
+        run.check_value(&k, got, "final read of");
     }
     // Enough of everything happened for the run to mean something.
-    for what in ["put", "delete", "fail", "recover", "configure", "get"] {
+    let mut expected = vec!["put", "delete", "fail", "recover", "configure", "get"];
+    if run.faults() {
+        expected.push("fault armed");
+        assert!(run.fired() > 5, "seed {seed}: too few faults went off");
+    }
+    for what in expected {
         assert!(
             run.stats.get(what).copied().unwrap_or(0) > 5,
             "seed {seed}: too few {what}: {:?}",
@@ -407,4 +653,22 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
         run.stats,
         run.model.len()
     );
+}
+
+/// `held` (a scan of a node or of the cluster) against the model, for the
+/// keys `covers` selects: every value one the key may hold, and every key
+/// that certainly holds a value present.
+fn check_holds(run: &Run, held: &BTreeMap<Key, f64>, covers: impl Fn(&Key) -> bool, what: &str) {
+    for (key, value) in held {
+        run.check_value(key, Some(*value), what);
+    }
+    for (key, possible) in &run.model {
+        if covers(key) && !possible.contains(&None) {
+            assert!(
+                held.contains_key(key),
+                "{}: {what} lacks {key}, which holds one of {possible:?}",
+                run.context()
+            );
+        }
+    }
 }

@@ -66,7 +66,7 @@ pub type MemoryCluster = Cluster<MemoryNode>;
 pub type SqliteCluster = Cluster<SqliteNode>;
 
 /// A cluster whose nodes `make` builds (given each id and the temp dir).
-async fn cluster_of<N: StorageNode>(
+pub async fn cluster_of<N: StorageNode>(
     n: usize,
     settings: ReplicationSettings,
     make: impl Fn(&NodeId, &std::path::Path) -> StorageResult<N>,
