@@ -7,6 +7,12 @@
 //!   replicas and acknowledges once `write_quorum` of them stored it; writes
 //!   for nodes that are down become durable hints in [`meta`]. Reads ask the
 //!   live replicas, answer the highest version and repair stale copies.
+//! * `state.rs`: node statuses (with why a node is down) and placements,
+//!   behind typed accessors.
+//! * `health.rs`: failure detection and automatic recovery, with a backoff
+//!   for flapping nodes.
+//! * `copy.rs`: copying a sensor between nodes, whole or by differing hour
+//!   buckets; used by recovery and rebalancing.
 //! * `recovery.rs`: taking a node out (`fail`) and bringing it back
 //!   (`recover`: replay its hints, then compare digests with its peers and
 //!   copy what differs, so even writes that were never hinted come back).
@@ -23,6 +29,7 @@
 //! write that saw it down, and a rebalance never misses a write made under
 //! the old placement.
 
+mod copy;
 mod health;
 pub mod meta;
 mod rebalance;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::recovery::copy_range;
+use super::copy::copy_range;
 use super::replicator::{CLEANUP_PENDING, PLACEMENT, PREVIOUS_PLACEMENT, Replicator};
 use super::strategy::{Placement, ReplicationSettings};
 use super::{ReplicationError, ReplicationResult};

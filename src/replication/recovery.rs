@@ -15,18 +15,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::copy::{copy_differing_buckets, copy_range};
 use super::replicator::Replicator;
 use super::state::{DownReason, NodeStatus};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::SensorId;
-use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, Scan, StorageNode};
+use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, StorageNode};
 
 /// Hints replayed per round trip.
 const HINT_BATCH: usize = 10_000;
-/// Records copied per round trip when moving a whole sensor.
-const COPY_PAGE: usize = 50_000;
-/// Width of the time buckets a mismatching sensor is compared in.
-const REPAIR_BUCKET_MS: i64 = 3_600_000;
 
 /// What `recover` did (SPEC §3 `/recover_node`).
 #[derive(Debug, Clone, Serialize)]
@@ -250,64 +247,4 @@ impl Replicator {
 
 fn by_sensor(digests: Vec<RangeDigest>) -> HashMap<SensorId, RangeDigest> {
     digests.into_iter().map(|d| (d.sensor.clone(), d)).collect()
-}
-
-/// Compares `sensor` bucket by bucket and copies the buckets where `source`
-/// differs from `target`. Answers records changed on `target`.
-async fn copy_differing_buckets(
-    source: &dyn StorageNode,
-    target: &dyn StorageNode,
-    sensor: &SensorId,
-) -> ReplicationResult<u64> {
-    let request = DigestRequest {
-        sensor: Some(sensor.clone()),
-        bucket_ms: Some(REPAIR_BUCKET_MS),
-    };
-    let target_buckets: HashMap<Option<i64>, (u64, u64)> = target
-        .digests(request.clone())
-        .await?
-        .into_iter()
-        .map(|d| (d.bucket_start_ms, (d.count, d.hash)))
-        .collect();
-    let mut changed = 0;
-    for bucket in source.digests(request).await? {
-        if target_buckets.get(&bucket.bucket_start_ms) == Some(&(bucket.count, bucket.hash)) {
-            continue;
-        }
-        let from = bucket.bucket_start_ms;
-        let to = from.map(|f| f + REPAIR_BUCKET_MS);
-        changed += copy_range(source, target, sensor, from, to).await?;
-    }
-    Ok(changed)
-}
-
-/// Copies every record (tombstones included) of `sensor` in `[from, to)`
-/// from `source` to `target`, page by page. Answers records changed.
-pub(super) async fn copy_range(
-    source: &dyn StorageNode,
-    target: &dyn StorageNode,
-    sensor: &SensorId,
-    from_ms: Option<i64>,
-    to_ms: Option<i64>,
-) -> ReplicationResult<u64> {
-    let mut changed = 0;
-    let mut after = None;
-    loop {
-        let page = source
-            .scan(Scan {
-                sensor: Some(sensor.clone()),
-                from_ms,
-                to_ms,
-                after: after.clone(),
-                limit: COPY_PAGE,
-                tombstones: true,
-            })
-            .await?;
-        let full = page.len() == COPY_PAGE;
-        after = page.last().map(|r| r.key.clone());
-        changed += target.apply(page).await?;
-        if !full {
-            return Ok(changed);
-        }
-    }
 }
