@@ -105,6 +105,9 @@ fn next_backoff(current: Duration) -> Duration {
 pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
     let weak: Weak<Replicator> = Arc::downgrade(replicator);
     let interval = (failure_timeout / 3).max(MIN_PROBE_INTERVAL);
+    // A round takes at most a probe's deadline plus the interval: the lease
+    // is three of those, so half of it outlasts any round.
+    let clock_lease = (3 * (failure_timeout + interval)).max(super::replicator::MIN_CLOCK_LEASE);
     tokio::spawn(async move {
         let mut watches: BTreeMap<NodeId, Watch> = BTreeMap::new();
         let recovering: Arc<std::sync::Mutex<Option<NodeId>>> = Arc::default();
@@ -117,7 +120,7 @@ pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
                     return;
                 }
                 probe_all(&replicator, failure_timeout, &mut watches, &recovering).await;
-                if let Err(error) = replicator.persist_clock_high_water().await {
+                if let Err(error) = replicator.persist_clock_high_water(clock_lease).await {
                     tracing::warn!(%error, "could not record the clock's high water");
                 }
             }

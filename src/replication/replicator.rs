@@ -31,9 +31,8 @@ const CLOCK_HIGH_WATER: &str = "clock_high_water";
 /// The settings epoch: counts placement changes (see [`Replicator::epoch`]).
 pub(super) const EPOCH: &str = "settings_epoch";
 /// How far ahead of the last issued version the durable high water is
-/// kept: a restart after a crash issues versions above it, so above every
-/// version issued in the second before the crash.
-const CLOCK_LEASE_MS: u64 = 10_000;
+/// kept at least (see [`Replicator::persist_clock_high_water`]).
+pub(super) const MIN_CLOCK_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The nodes persisted as down: a list of ids (admin downs) in builds
 /// before reasons existed, a map since.
@@ -109,6 +108,8 @@ pub struct Replicator {
     /// The settings epoch, shared with the clients of node processes, which
     /// send it with every call.
     epoch: Arc<AtomicU64>,
+    /// The clock's durable high water, as last written.
+    clock_high_water: AtomicU64,
 }
 
 /// Stripes of [`Replicator::key_stripes`].
@@ -226,8 +227,9 @@ impl Replicator {
                 .collect(),
             seen: Mutex::new(BTreeMap::new()),
             epoch,
+            clock_high_water: AtomicU64::new(0),
         });
-        replicator.persist_clock_high_water().await?;
+        replicator.persist_clock_high_water(MIN_CLOCK_LEASE).await?;
         Ok(replicator)
     }
 
@@ -274,13 +276,27 @@ impl Replicator {
         Ok(())
     }
 
-    /// Records a version [`CLOCK_LEASE_MS`] above the last one issued, so a
+    /// Keeps a durable version `lease` above the last one issued, so a
     /// restart never issues a version below one already issued, even when
-    /// the node that holds it is unreachable then. Called at open and by the
-    /// health task every probe interval.
-    pub(super) async fn persist_clock_high_water(&self) -> StorageResult<()> {
-        let high_water = self.clock.last().0 + (CLOCK_LEASE_MS << crate::version::LOGICAL_BITS);
-        self.meta.put_setting(CLOCK_HIGH_WATER, &high_water).await
+    /// the node that holds it is unreachable then (versions follow the wall
+    /// clock, so within `lease` of real time the clock cannot pass it).
+    /// Written at open and whenever less than half the lease is left; the
+    /// health task checks every round, and its lease is three rounds at the
+    /// longest, so the lease never runs out between two checks.
+    pub(super) async fn persist_clock_high_water(
+        &self,
+        lease: std::time::Duration,
+    ) -> StorageResult<()> {
+        let ahead = |d: std::time::Duration| (d.as_millis() as u64) << crate::version::LOGICAL_BITS;
+        let last = self.clock.last().0;
+        let persisted = self.clock_high_water.load(Ordering::Acquire);
+        if last + ahead(lease / 2) <= persisted {
+            return Ok(());
+        }
+        let high_water = last + ahead(lease);
+        self.meta.put_setting(CLOCK_HIGH_WATER, &high_water).await?;
+        self.clock_high_water.store(high_water, Ordering::Release);
+        Ok(())
     }
 
     /// Every node with its handle.
