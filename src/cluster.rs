@@ -15,10 +15,11 @@ use crate::storage::remote::client::{RemoteNode, RemoteSettings};
 use crate::storage::sqlite::SqliteNode;
 use crate::storage::{NodeId, StorageError, StorageNode};
 
-/// A call to a node process other than a probe fails after this long: a
-/// page of a scan or a batch of writes takes milliseconds; this is for a
-/// node that accepted the call and then hangs.
-const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// A call to a node process other than a probe fails after twice
+/// `failure_timeout`, but not before this: a page of a scan or a batch of
+/// writes takes milliseconds. A write waits for its replicas, so this bounds
+/// how long a hung node process can hold writes up before it is taken out.
+const MIN_CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -46,7 +47,7 @@ pub async fn open(config: &Config) -> Result<Arc<Replicator>, ClusterError> {
     let remote = RemoteSettings {
         secret: config.cluster.secret.clone(),
         probe_deadline: failure_timeout,
-        call_deadline: CALL_DEADLINE,
+        call_deadline: (2 * failure_timeout).max(MIN_CALL_DEADLINE),
         epoch: epoch.clone(),
     };
     let places: BTreeMap<NodeId, NodeLocation> = config

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use energyguard::replication::{NodeStatus, ReplicationError, StrategyKind};
-use energyguard::storage::{Scan, StorageNode};
+use energyguard::storage::{NodeId, Scan, StorageNode};
+use std::str::FromStr;
 
 fn everything() -> Scan {
     Scan {
@@ -582,4 +583,36 @@ async fn an_update_never_brings_back_a_key_deleted_concurrently() {
             "round {i}: an update brought back a deleted key"
         );
     }
+}
+
+#[tokio::test]
+async fn a_node_that_lost_its_data_stays_down_until_a_peer_can_refill_it() {
+    let c = memory_cluster(2, settings(StrategyKind::Full, 1, 1)).await;
+    let r = &c.replicator;
+    r.put(vec![reading("s1", 1, 1.0), reading("s2", 2, 2.0)])
+        .await
+        .expect("put");
+    let (node1, node2) = (
+        NodeId::from_str("node1").expect("id"),
+        NodeId::from_str("node2").expect("id"),
+    );
+    // A recovery of a node that is up records the storage it is known by.
+    r.recover(&node2).await.expect("explicit repair");
+
+    r.fail(&node1).await.expect("fail node1");
+    r.fail(&node2).await.expect("fail node2");
+    c.nodes[&node2].wipe();
+    let refused = r.recover(&node2).await;
+    assert!(
+        matches!(refused, Err(ReplicationError::Unavailable { .. })),
+        "an emptied node with no live peer must not come up: {refused:?}"
+    );
+    assert_eq!(r.status_of(&node2).0, NodeStatus::Down);
+
+    r.recover(&node1).await.expect("recover node1");
+    let report = r.recover(&node2).await.expect("refilled from node1");
+    assert_eq!(report.repaired, 2, "{report:?}");
+    r.fail(&node1).await.expect("fail node1 again");
+    assert_eq!(value_of(r, &key("s1", 1)).await, Some(1.0));
+    assert_eq!(value_of(r, &key("s2", 2)).await, Some(2.0));
 }

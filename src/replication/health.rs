@@ -1,8 +1,8 @@
 //! Failure detection and automatic recovery: nodes found down and brought
 //! back without an operator.
 //!
-//! One task probes every node each `failure_timeout / 3`, all at once, each
-//! probe bounded by `failure_timeout`:
+//! One task probes every node, all at once, each probe bounded by
+//! `failure_timeout`, then pauses `failure_timeout / 3` before the next round:
 //! * a node up (or recovering) that has not answered for `failure_timeout`
 //!   is marked down, reason `unreachable` (a node process) or `disk` (a
 //!   node whose storage fails). A failed write marks a node down at once
@@ -12,8 +12,8 @@
 //!   it out; only `recover_node` brings it back.
 //! * a node that answers with a new incarnation has lost its data (a wiped
 //!   directory, a replaced disk): it is marked down (`disk`) and recovered,
-//!   which refills it from its peers. The incarnation it is known by is
-//!   recorded once a recovery has refilled it.
+//!   which refills it from its peers (or, with no live peer, keeps it
+//!   down). The recovery records the incarnation once it has refilled it.
 //!
 //! **Flapping.** Automatic recoveries of one node are spaced by a backoff:
 //! none before the first, then 1 s, 2 s, 4 s … up to [`MAX_BACKOFF`], doubled
@@ -33,7 +33,7 @@ use futures::future::join_all;
 
 use super::replicator::Replicator;
 use super::state::{DownReason, NodeStatus};
-use crate::storage::{Incarnation, NodeId, StorageResult};
+use crate::storage::NodeId;
 
 /// The longest wait between automatic recoveries of a flapping node.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -101,6 +101,9 @@ fn next_backoff(current: Duration) -> Duration {
     }
 }
 
+/// What the recovery task reports back: the node, and whether it is up.
+type Outcomes = Arc<std::sync::Mutex<Vec<(NodeId, bool)>>>;
+
 /// Starts the detector; it stops once the replicator is closed or dropped.
 pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
     let weak: Weak<Replicator> = Arc::downgrade(replicator);
@@ -111,6 +114,7 @@ pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
     tokio::spawn(async move {
         let mut watches: BTreeMap<NodeId, Watch> = BTreeMap::new();
         let recovering: Arc<std::sync::Mutex<Option<NodeId>>> = Arc::default();
+        let outcomes: Outcomes = Arc::default();
         loop {
             {
                 let Some(replicator) = weak.upgrade() else {
@@ -119,7 +123,13 @@ pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
                 if replicator.meta_closed() {
                     return;
                 }
-                probe_all(&replicator, failure_timeout, &mut watches, &recovering).await;
+                let round = Round {
+                    replicator: &replicator,
+                    failure_timeout,
+                    recovering: &recovering,
+                    outcomes: &outcomes,
+                };
+                round.run(&mut watches).await;
                 if let Err(error) = replicator.persist_clock_high_water(clock_lease).await {
                     tracing::warn!(%error, "could not record the clock's high water");
                 }
@@ -129,118 +139,133 @@ pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
     });
 }
 
-/// One round: probe every node, then act on what changed.
-async fn probe_all(
-    replicator: &Arc<Replicator>,
+/// One round of the detector: what it needs besides the watches.
+struct Round<'a> {
+    replicator: &'a Arc<Replicator>,
     failure_timeout: Duration,
-    watches: &mut BTreeMap<NodeId, Watch>,
-    recovering: &Arc<std::sync::Mutex<Option<NodeId>>>,
-) {
-    let nodes = replicator.node_handles();
-    let probes = join_all(nodes.iter().map(|(_, node)| async move {
-        match tokio::time::timeout(failure_timeout, node.probe()).await {
-            Ok(answer) => answer,
-            Err(_) => Err(crate::storage::StorageError::Unreachable(format!(
-                "no answer to a probe within {failure_timeout:?}"
-            ))),
-        }
-    }))
-    .await;
-    let known = replicator.known_incarnations().await;
-    let now = Instant::now();
-    for ((id, node), probe) in nodes.iter().zip(probes) {
-        let (status, reason) = replicator.status_of(id);
-        let watch = watches
-            .entry(id.clone())
-            .or_insert_with(|| Watch::new(now, status));
-        if status == NodeStatus::Down && watch.was == NodeStatus::Recovering {
-            watch.recovery_failed(now);
-        } else if status == NodeStatus::Down && watch.was != NodeStatus::Down {
-            watch.went_down(now);
-        }
-        if status == NodeStatus::Up && watch.was == NodeStatus::Recovering {
-            watch.up_since = Some(now);
-        }
-        if watch
-            .up_since
-            .is_some_and(|since| now.duration_since(since) >= STABLE_AFTER)
-        {
-            watch.backoff = Duration::ZERO;
-        }
-        watch.was = status;
-        match probe {
-            Ok(incarnation) => {
-                watch.last_answer = now;
-                replicator.saw(id, SystemTime::now());
-                let lost_data = known.get(id).is_some_and(|known| *known != incarnation);
-                if lost_data && status != NodeStatus::Down {
-                    tracing::warn!(node = %id, address = %node.address(),
-                        "node answers with new, empty storage: its data is gone; refilling it");
-                    replicator.mark_down(id, DownReason::Disk).await;
-                    watch.went_down(now);
-                    watch.was = NodeStatus::Down;
-                }
-                if !known.contains_key(id)
-                    && let Err(error) = replicator.remember_incarnation(id, &incarnation).await
-                {
-                    tracing::warn!(node = %id, %error, "could not record the node's incarnation");
-                }
-                let down_by_itself = replicator.status_of(id).0 == NodeStatus::Down
-                    && reason != Some(DownReason::Admin);
-                if down_by_itself && now >= watch.next_attempt {
-                    start_recovery(replicator, id, incarnation, recovering, watch, now);
-                }
-            }
-            Err(error) => {
-                let silent_for = now.duration_since(watch.last_answer);
-                if status != NodeStatus::Down && silent_for >= failure_timeout {
-                    let reason = DownReason::of(&error);
-                    tracing::warn!(node = %id, address = %node.address(), %error,
-                        reason = reason.as_str(), "node stopped answering: marking it down");
-                    replicator.mark_down(id, reason).await;
-                    watch.went_down(now);
-                    watch.was = NodeStatus::Down;
-                }
-            }
-        }
-    }
+    /// The node being recovered automatically, if any: one at a time.
+    recovering: &'a Arc<std::sync::Mutex<Option<NodeId>>>,
+    outcomes: &'a Outcomes,
 }
 
-/// Recovers `id` in a task of its own, one node at a time, unless a
-/// recovery is already running.
-fn start_recovery(
-    replicator: &Arc<Replicator>,
-    id: &NodeId,
-    incarnation: Incarnation,
-    recovering: &Arc<std::sync::Mutex<Option<NodeId>>>,
-    watch: &mut Watch,
-    now: Instant,
-) {
-    {
-        let mut running = recovering.lock().unwrap_or_else(|p| p.into_inner());
-        if running.is_some() {
-            return;
-        }
-        *running = Some(id.clone());
-    }
-    // Not again before the backoff, even if this one ends at once.
-    watch.next_attempt = now + watch.backoff.max(FIRST_BACKOFF);
-    let (replicator, id, recovering) = (replicator.clone(), id.clone(), recovering.clone());
-    tokio::spawn(async move {
-        tracing::info!(node = %id, "node answers again: recovering it automatically");
-        let outcome: StorageResult<()> = match replicator.recover_automatically(&id).await {
-            Ok(Some(_)) => replicator.remember_incarnation(&id, &incarnation).await,
-            Ok(None) => Ok(()),
-            Err(error) => {
-                tracing::warn!(node = %id, %error, "automatic recovery failed; will retry");
-                Ok(())
+impl Round<'_> {
+    /// Probes every node, then acts on what changed.
+    async fn run(&self, watches: &mut BTreeMap<NodeId, Watch>) {
+        let replicator = self.replicator;
+        let failure_timeout = self.failure_timeout;
+        let nodes = replicator.node_handles();
+        // Local nodes have no deadline of their own; node processes' probes
+        // have the same one.
+        let probes = join_all(nodes.iter().map(|(_, node)| async move {
+            match tokio::time::timeout(failure_timeout, node.probe()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(crate::storage::StorageError::Unreachable(format!(
+                    "no answer to a probe within {failure_timeout:?}"
+                ))),
             }
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(node = %id, %error, "could not record the node's incarnation");
+        }))
+        .await;
+        let now = Instant::now();
+        let finished: Vec<(NodeId, bool)> =
+            std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, up) in finished {
+            let watch = watches
+                .entry(id)
+                .or_insert_with(|| Watch::new(now, NodeStatus::Down));
+            if up {
+                watch.up_since = Some(now);
+            } else {
+                watch.recovery_failed(now);
+            }
         }
-        *recovering.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    });
+        for ((id, node), probe) in nodes.iter().zip(probes) {
+            let (status, reason) = replicator.status_of(id);
+            let watch = watches
+                .entry(id.clone())
+                .or_insert_with(|| Watch::new(now, status));
+            if status == NodeStatus::Down && watch.was == NodeStatus::Up {
+                watch.went_down(now);
+            }
+            if watch
+                .up_since
+                .is_some_and(|since| now.duration_since(since) >= STABLE_AFTER)
+            {
+                watch.backoff = Duration::ZERO;
+            }
+            watch.was = status;
+            match probe {
+                Ok(incarnation) => {
+                    watch.last_answer = now;
+                    replicator.saw(id, SystemTime::now());
+                    let known = replicator.known_incarnation(id).await;
+                    // A recovery in progress records the new incarnation
+                    // once it has refilled the node.
+                    if status == NodeStatus::Up
+                        && known.as_ref().is_some_and(|known| *known != incarnation)
+                    {
+                        tracing::warn!(node = %id, address = %node.address(),
+                            "node answers with new, empty storage: its data is gone; refilling it");
+                        replicator.mark_down(id, DownReason::Disk).await;
+                        watch.went_down(now);
+                        watch.was = NodeStatus::Down;
+                    }
+                    if known.is_none()
+                        && status == NodeStatus::Up
+                        && let Err(error) = replicator.remember_incarnation(id, &incarnation).await
+                    {
+                        tracing::warn!(node = %id, %error, "could not record the node's incarnation");
+                    }
+                    let down_by_itself = replicator.status_of(id).0 == NodeStatus::Down
+                        && reason != Some(DownReason::Admin);
+                    if down_by_itself && now >= watch.next_attempt {
+                        self.start_recovery(id, watch, now);
+                    }
+                }
+                Err(error) => {
+                    let silent_for = now.duration_since(watch.last_answer);
+                    if status != NodeStatus::Down && silent_for >= failure_timeout {
+                        let reason = DownReason::of(&error);
+                        tracing::warn!(node = %id, address = %node.address(), %error,
+                            reason = reason.as_str(), "node stopped answering: marking it down");
+                        replicator.mark_down(id, reason).await;
+                        watch.went_down(now);
+                        watch.was = NodeStatus::Down;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recovers `id` in a task of its own, one node at a time, unless a
+    /// recovery is already running; the task reports how it ended.
+    fn start_recovery(&self, id: &NodeId, watch: &mut Watch, now: Instant) {
+        {
+            let mut running = self.recovering.lock().unwrap_or_else(|p| p.into_inner());
+            if running.is_some() {
+                return;
+            }
+            *running = Some(id.clone());
+        }
+        // Not again before the backoff, even if this one ends at once.
+        watch.next_attempt = now + watch.backoff.max(FIRST_BACKOFF);
+        let (replicator, id) = (self.replicator.clone(), id.clone());
+        let (recovering, outcomes) = (self.recovering.clone(), self.outcomes.clone());
+        tokio::spawn(async move {
+            tracing::info!(node = %id, "node answers again: recovering it automatically");
+            let up = match replicator.recover_automatically(&id).await {
+                Ok(report) => report.is_some(),
+                Err(error) => {
+                    tracing::warn!(node = %id, %error, "automatic recovery failed; will retry");
+                    false
+                }
+            };
+            outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((id, up));
+            *recovering.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        });
+    }
 }
 
 #[cfg(test)]

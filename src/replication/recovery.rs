@@ -96,9 +96,17 @@ impl Replicator {
         tracing::info!(node = %id, "recovering node");
         let started = Instant::now();
         let outcome = async {
+            // The storage that answers now; once refilled, it is the one the
+            // node is known by.
+            let incarnation = self.node(id)?.probe().await?;
+            let lost_data = self
+                .known_incarnation(id)
+                .await
+                .is_some_and(|known| known != incarnation);
             let hints = self.replay_hints(id).await?;
             let hints_took = started.elapsed();
-            let (repaired, removed) = self.repair(id).await?;
+            let (repaired, removed) = self.repair(id, lost_data).await?;
+            self.remember_incarnation(id, &incarnation).await?;
             tracing::info!(node = %id, hints_ms = hints_took.as_millis() as u64,
                 repair_ms = (started.elapsed() - hints_took).as_millis() as u64, "recovery phases");
             Ok::<_, ReplicationError>((hints, repaired, removed))
@@ -123,8 +131,11 @@ impl Replicator {
                 })
             }
             Err(error) => {
-                self.state_mut()
-                    .set_down(id, DownReason::of_recovery(&error));
+                // An operator's `fail` meanwhile stands.
+                if still_recovering {
+                    self.state_mut()
+                        .set_down(id, DownReason::of_recovery(&error));
+                }
                 tracing::error!(node = %id, %error, "recovery failed; the node stays down");
                 Err(error)
             }
@@ -179,8 +190,10 @@ impl Replicator {
     }
 
     /// Anti-entropy against every live peer. Answers (records changed on the
-    /// node, records removed from it).
-    async fn repair(&self, id: &NodeId) -> ReplicationResult<(u64, u64)> {
+    /// node, records removed from it). A node that lost its data cannot be
+    /// refilled without a live peer: it stays down rather than serve an
+    /// empty store.
+    async fn repair(&self, id: &NodeId, lost_data: bool) -> ReplicationResult<(u64, u64)> {
         let target = self.node(id)?.clone();
         let peers: Vec<(NodeId, Arc<dyn StorageNode>)> = {
             let state = self.state();
@@ -190,6 +203,12 @@ impl Replicator {
                 .map(|(peer, node)| (peer.clone(), node.clone()))
                 .collect()
         };
+        if lost_data && peers.is_empty() {
+            return Err(ReplicationError::Unavailable {
+                required: 1,
+                available: 0,
+            });
+        }
         // Every node scans all it holds: do it on all of them at once.
         let (mine, peer_digests) = futures::future::try_join(
             target.digests(DigestRequest::default()),

@@ -110,6 +110,8 @@ pub struct Replicator {
     epoch: Arc<AtomicU64>,
     /// The clock's durable high water, as last written.
     clock_high_water: AtomicU64,
+    /// The incarnation each node's storage is known by (durable in meta).
+    incarnations: tokio::sync::Mutex<BTreeMap<NodeId, Incarnation>>,
 }
 
 /// Stripes of [`Replicator::key_stripes`].
@@ -178,6 +180,8 @@ impl Replicator {
                 nodes.insert(id.clone(), open_node(id)?);
             }
         }
+        let incarnations: BTreeMap<NodeId, Incarnation> =
+            meta.setting(INCARNATIONS).await?.unwrap_or_default();
         let mut down: BTreeMap<NodeId, DownReason> = meta
             .setting::<PersistedDown>(DOWN_NODES)
             .await?
@@ -228,6 +232,7 @@ impl Replicator {
             seen: Mutex::new(BTreeMap::new()),
             epoch,
             clock_high_water: AtomicU64::new(0),
+            incarnations: tokio::sync::Mutex::new(incarnations),
         });
         replicator.persist_clock_high_water(MIN_CLOCK_LEASE).await?;
         Ok(replicator)
@@ -340,27 +345,28 @@ impl Replicator {
             .insert(id.clone(), when);
     }
 
-    /// The incarnation each node was last known by.
-    pub(super) async fn known_incarnations(&self) -> BTreeMap<NodeId, Incarnation> {
-        match self.meta.setting(INCARNATIONS).await {
-            Ok(known) => known.unwrap_or_default(),
-            Err(error) => {
-                tracing::warn!(%error, "could not read the nodes' incarnations");
-                BTreeMap::new()
-            }
-        }
+    /// The incarnation `id` was last known by, if any.
+    pub(super) async fn known_incarnation(&self, id: &NodeId) -> Option<Incarnation> {
+        self.incarnations.lock().await.get(id).cloned()
     }
 
-    /// Records the incarnation a node is known by (after its first answer,
-    /// or once a recovery has refilled a new one).
+    /// Records the incarnation a node is known by: after its first answer,
+    /// or once a recovery has refilled a new one. One lock keeps the map and
+    /// its durable copy in step.
     pub(super) async fn remember_incarnation(
         &self,
         id: &NodeId,
         incarnation: &Incarnation,
     ) -> StorageResult<()> {
-        let mut known = self.known_incarnations().await;
-        known.insert(id.clone(), incarnation.clone());
-        self.meta.put_setting(INCARNATIONS, &known).await
+        let mut known = self.incarnations.lock().await;
+        if known.get(id) == Some(incarnation) {
+            return Ok(());
+        }
+        let mut updated = known.clone();
+        updated.insert(id.clone(), incarnation.clone());
+        self.meta.put_setting(INCARNATIONS, &updated).await?;
+        *known = updated;
+        Ok(())
     }
 
     pub(super) fn meta_closed(&self) -> bool {

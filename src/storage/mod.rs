@@ -173,8 +173,9 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Whether the node could not be reached at all, rather than failing
-    /// with its storage.
+    /// Whether the node did not serve the call at all (no answer, or a
+    /// refusal: wrong secret, another node, a stale epoch), rather than
+    /// failing with its storage.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable(_) | Self::Refused(_))
     }

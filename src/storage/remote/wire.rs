@@ -39,6 +39,9 @@ pub(super) fn records_from_wire(records: Vec<proto::Record>) -> Result<Vec<Recor
             if wire.value.is_none() && unit.is_some() {
                 return Err(InvalidInput::new("record", "a tombstone has no unit"));
             }
+            if wire.value.is_some_and(|v| !v.is_finite()) {
+                return Err(InvalidInput::new("value", "must be a finite number"));
+            }
             Ok(Record {
                 key: Key::new(sensor, wire.timestamp_ms),
                 version: Version(wire.version),
@@ -174,6 +177,14 @@ mod tests {
         let mut tombstone = record_to_wire(&record("s1", 1, None, None));
         tombstone.unit = Some("W".into());
         assert!(records_from_wire(vec![tombstone]).is_err());
+        let mut infinite = record_to_wire(&record("s1", 1, Some(1.0), None));
+        infinite.value = Some(f64::INFINITY);
+        assert_eq!(
+            records_from_wire(vec![infinite])
+                .expect_err("infinity")
+                .field,
+            "value"
+        );
     }
 
     #[test]
