@@ -17,8 +17,9 @@ use crate::replication::{Placement, ReplicationSettings, StrategyKind};
 use crate::storage::NodeId;
 use crate::storage::sqlite::Synchronous;
 
-/// `mqtt.batch_messages` at most: an external broker's consumer queues the
-/// acks of a batch and of the batch behind it in its client's request queue.
+/// `mqtt.batch_messages` at most: an external broker's consumer queues a
+/// batch's acks in its client's request queue, beside whatever else waits
+/// there.
 const MAX_BATCH_MESSAGES: usize = crate::mqtt::external::REQUEST_QUEUE / 2;
 
 /// Environment variables that share the prefix but are not config keys.

@@ -16,16 +16,18 @@
 //!   batches grow until storing keeps up, with no timer; alone, a message is
 //!   stored at once.
 //!
-//! The channel between the two holds one batch (`batch_messages`). When
-//! it is full the poll loop stops reading the socket, so TCP pushes back on
-//! the broker: a QoS 1 window needs no such bound (the broker sends at most
-//! its in-flight window of unacknowledged messages, mosquitto's
-//! `max_inflight_messages`), but messages published at QoS 0 arrive at QoS 0,
-//! unacknowledged and unlimited. Acks wait in the client's request queue
-//! while the poll loop is stopped: at most the batch being acked plus the
-//! channel's, which is why `batch_messages` stays below half of
-//! [`REQUEST_QUEUE`]. Throughput needs the broker's window well above one
-//! batch, so it keeps sending while a batch is stored.
+//! The channel between the two is not bounded by a count: the poll loop
+//! must never wait on it, because acks reach the wire only through the poll
+//! loop (a loop that waits for room while the writer waits for room for its
+//! acks deadlocks; seen under load with a bounded channel). What bounds it
+//! is the broker: it sends at most its in-flight window of unacknowledged
+//! QoS 1 messages (mosquitto's `max_inflight_messages`), and acks follow
+//! storing. Throughput needs that window well above one batch, so the broker
+//! keeps sending while a batch is stored. Messages a meter publishes at QoS 0
+//! arrive at QoS 0, outside that window: an external broker's QoS 0 flood
+//! is bounded only by how fast storing keeps up. `batch_messages` stays at
+//! most half of [`REQUEST_QUEUE`], so a batch's acks always fit beside
+//! whatever else is queued.
 //!
 //! Stopping: the consumer stores and acks what it has received and leaves
 //! the rest to the broker's persistent session.
@@ -101,7 +103,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let Connection { client, eventloop } = connection;
-    let (messages, inbox) = mpsc::channel(settings.batch_messages);
+    let (messages, inbox) = mpsc::unbounded_channel();
     let poller = tokio::spawn(poll_loop(
         eventloop,
         client.clone(),
@@ -123,7 +125,7 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
-    messages: mpsc::Sender<Publish>,
+    messages: mpsc::UnboundedSender<Publish>,
     status: Arc<ConsumerStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -147,10 +149,10 @@ async fn poll_loop(
                 tracing::info!(%filter, "MQTT subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // Waits while a batch is queued (see the module doc). Fails
-                // once the writer has stopped taking messages: then this one
-                // is neither stored nor acknowledged, and the broker keeps it.
-                let _ = messages.send(publish).await;
+                // Never waits (see the module doc). Fails once the writer
+                // has stopped taking messages: then this one is neither
+                // stored nor acknowledged, and the broker keeps it.
+                let _ = messages.send(publish);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
@@ -171,7 +173,7 @@ async fn writer(
     settings: ConsumerSettings,
     client: AsyncClient,
     intake: Intake,
-    mut inbox: mpsc::Receiver<Publish>,
+    mut inbox: mpsc::UnboundedReceiver<Publish>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {

@@ -2,6 +2,7 @@
 //! killed on drop. The binaries come from Debian's `mosquitto` package
 //! (`.ci/run` installs it when missing).
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,42 +52,42 @@ impl Mosquitto {
     }
 
     fn with_access(dir: &Path, access: String) -> Self {
-        let port = free_port();
         let store = dir.join("mosquitto");
         std::fs::create_dir_all(&store).expect("mosquitto dir");
-        Self::from_config(
-            dir.join("mosquitto.conf"),
-            port,
+        Self::from_config(dir.join("mosquitto.conf"), |port| {
             format!(
                 "listener {port} 127.0.0.1\n{access}persistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n",
                 store.display()
-            ),
-        )
+            )
+        })
     }
 
-    /// Writes `text` to `config` and starts mosquitto with it on `port`.
-    fn from_config(config: std::path::PathBuf, port: u16, text: String) -> Self {
-        std::fs::write(&config, text).expect("mosquitto config");
-        let child = spawn(&config, port);
-        Self {
-            port,
-            config,
-            child,
+    /// Starts mosquitto with the config `text` makes for a free port, on
+    /// another port if that one was taken meanwhile.
+    fn from_config(config: std::path::PathBuf, text: impl Fn(u16) -> String) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            std::fs::write(&config, text(port)).expect("mosquitto config");
+            if let Some(child) = spawn(&config, port) {
+                return Self {
+                    port,
+                    config,
+                    child,
+                };
+            }
         }
+        panic!("mosquitto found no free port in five tries");
     }
 
     /// Anonymous clients, over TLS only, with the PEM `cert` and `key`.
     pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Self {
-        let port = free_port();
-        Self::from_config(
-            dir.join("mosquitto-tls.conf"),
-            port,
+        Self::from_config(dir.join("mosquitto-tls.conf"), |port| {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\ncertfile {}\nkeyfile {}\n",
                 cert.display(),
                 key.display()
-            ),
-        )
+            )
+        })
     }
 
     /// Stops the broker the way an operator would (SIGTERM: it saves its
@@ -98,32 +99,57 @@ impl Mosquitto {
             .status()
             .expect("send SIGTERM");
         self.child.wait().expect("mosquitto exits");
-        self.child = spawn(&self.config, self.port);
+        self.child = spawn(&self.config, self.port)
+            .unwrap_or_else(|| panic!("mosquitto could not listen on {} again", self.port));
     }
 }
 
-fn spawn(config: &Path, port: u16) -> Child {
+/// Starts mosquitto and waits until *it* listens: it says so on stderr
+/// ("… running") once its listener is open. `None` when it could not bind
+/// the port (another process took it after it was found free); a port
+/// that merely accepts connections could be another broker's.
+fn spawn(config: &Path, port: u16) -> Option<Child> {
     let binary = if Path::new("/usr/sbin/mosquitto").exists() {
         "/usr/sbin/mosquitto"
     } else {
         "mosquitto"
     };
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .arg("-c")
         .arg(config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start mosquitto (apt-get install -y mosquitto)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(" running") {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not start on port {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Some(child);
+        }
+        if line.contains("Address already in use") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        seen.push(line);
     }
-    child
+    let _ = child.kill();
+    panic!("mosquitto did not start on port {port}: {seen:#?}");
 }
 
 impl Drop for Mosquitto {
