@@ -149,6 +149,7 @@ fn spawn(config: &Path, port: u16) -> Option<Child> {
         seen.push(line);
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("mosquitto did not start on port {port}: {seen:#?}");
 }
 
