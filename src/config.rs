@@ -1,4 +1,4 @@
-//! Configuration (SPEC §6): typed, layered with figment, validated at start.
+//! Configuration (`config/default.toml` documents every key): typed, layered with figment, validated at start.
 //!
 //! Layers, later wins: built-in defaults, `config/default.toml` if present,
 //! the file given with `--config`, then `ENERGYGUARD_*` environment variables
@@ -37,7 +37,7 @@ const VERBATIM_KEYS: [&str; 8] = [
     "mqtt.share_group",
     "cluster.secret",
 ];
-/// The variable that adds one admin token (SPEC §3).
+/// The variable that adds one admin token.
 pub const API_TOKEN_ENV: &str = "ENERGYGUARD_API_TOKEN";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -458,7 +458,9 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Loads the layers of SPEC §6 from the process environment.
+    /// Loads the layers, each over the one before: the defaults,
+    /// `config/default.toml` (if present), `file`, then `ENERGYGUARD_*`
+    /// variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         let shipped = Path::new("config/default.toml");

@@ -1,4 +1,4 @@
-//! The alert state machine (SPEC §5). Pure: a threshold, a sensor's alert
+//! The alert state machine (the README's Alerts section). Pure: a threshold, a sensor's alert
 //! state and a reading in; the new state and what changed out. No I/O and no
 //! clock: time comes with the reading.
 //!
@@ -59,7 +59,7 @@ pub enum AlertState {
     Resolved,
 }
 
-/// One episode, in the shape of SPEC §5.
+/// One episode, as `GET /alerts` answers it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
     pub id: String,

@@ -1,5 +1,5 @@
 //! `energyguard bench`: the performance tests of both replication
-//! strategies (SPEC §7), end to end against the real service.
+//! strategies, end to end against the real service.
 //!
 //! For each strategy (`full`; `consistent` with RF 2) it starts this binary
 //! as a child service on free ports in a temporary directory and measures

@@ -1,4 +1,4 @@
-//! The command line (SPEC §7): `serve`, and client commands that talk to a
+//! The command line (the README's Command line section): `serve`, and client commands that talk to a
 //! running service over its REST API. Tables for people, `--json` for
 //! scripts; any failure exits non-zero with the server's message on stderr.
 

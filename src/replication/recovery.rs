@@ -25,7 +25,7 @@ use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, StorageNode};
 /// Hints replayed per round trip.
 const HINT_BATCH: usize = 10_000;
 
-/// What `recover` did (SPEC §3 `/recover_node`).
+/// What `recover` did: the answer of `POST /recover_node/<id>`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoveryReport {
     pub id: NodeId,

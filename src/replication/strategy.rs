@@ -35,7 +35,7 @@ impl StrategyKind {
     }
 }
 
-/// The replication settings an operator chooses (SPEC §6, `[replication]`
+/// The replication settings an operator chooses (`[replication]`
 /// without the node list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
