@@ -104,6 +104,34 @@ async fn sigkill_mid_stream_loses_nothing_and_stores_nothing_twice() {
     );
 }
 
+/// QoS 0 messages come outside the broker's in-flight window: the consumer
+/// holds one batch of them and pushes back on the broker for the rest, so a
+/// burst larger than many batches is stored whole, not queued in memory
+/// without bound (nor lost: mosquitto keeps what the socket does not take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_burst_through_mosquitto_is_stored_whole() {
+    const READINGS: i64 = 20_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Mosquitto::start(dir.path());
+    let s = Service::start_with_broker_as(
+        dir.path(),
+        broker.port,
+        "url = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"eg-qos0\"\nbatch_messages = 100",
+    );
+    s.wait_subscribed().await;
+    let meter = connect(broker.port, "qos0-meter", &[]).await;
+    for i in 0..READINGS {
+        let payload = format!(
+            r#"{{"timestamp":{},"value":{i}}}"#,
+            (T0 + i) as f64 / 1000.0
+        );
+        meter
+            .publish_qos0(&format!("energyguard/readings/q{}", i % 20), payload)
+            .await;
+    }
+    wait_stored(&s, READINGS as u64).await;
+}
+
 /// Publishes `count` readings of sensor `sensor` with values `first..`.
 async fn publish_readings(
     meter: &common::mqtt_client::Client,

@@ -16,22 +16,23 @@
 //!   batches grow until storing keeps up, with no timer; alone, a message is
 //!   stored at once.
 //!
-//! The channel between the two is not bounded by a count: the poll loop
-//! must never wait on it, because acks reach the wire only through the poll
-//! loop (a loop that waits for room while the writer waits for room for its
-//! acks deadlocks; seen under load with a bounded channel). What bounds it
-//! is the broker: it sends at most its in-flight window of unacknowledged
-//! QoS 1 messages (mosquitto's `max_inflight_messages`), and acks follow
-//! storing. Throughput needs that window well above one batch, so the broker
-//! keeps sending while a batch is stored. Messages a meter publishes at QoS 0
-//! arrive at QoS 0, outside that window: an external broker's QoS 0 flood
-//! is bounded only by how fast storing keeps up. `batch_messages` stays at
-//! most half of [`REQUEST_QUEUE`], so a batch's acks always fit beside
-//! whatever else is queued.
+//! The channel between the two holds one batch (`batch_messages`). When it
+//! is full the poll loop waits, so it stops reading the socket and TCP
+//! pushes back on the broker: that bounds even messages published at QoS 0,
+//! which arrive unacknowledged and outside the broker's in-flight window.
+//! **The writer never waits for an ack to be queued**: acks reach the wire
+//! only through the poll loop, so a writer waiting for room in the client's
+//! request queue while the poll loop waits for room in the channel would
+//! deadlock. The writer queues acks with `try_ack`, in order, and keeps those
+//! that did not fit for its next turn; they are bounded by the broker's
+//! in-flight window (QoS 0 messages need none). Throughput needs that window
+//! well above one batch, so the broker keeps sending while a batch is
+//! stored.
 //!
 //! Stopping: the consumer stores and acks what it has received and leaves
 //! the rest to the broker's persistent session.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,7 +104,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let Connection { client, eventloop } = connection;
-    let (messages, inbox) = mpsc::unbounded_channel();
+    let (messages, inbox) = mpsc::channel(settings.batch_messages);
     let poller = tokio::spawn(poll_loop(
         eventloop,
         client.clone(),
@@ -125,7 +126,7 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
-    messages: mpsc::UnboundedSender<Publish>,
+    messages: mpsc::Sender<Publish>,
     status: Arc<ConsumerStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -149,10 +150,10 @@ async fn poll_loop(
                 tracing::info!(%filter, "MQTT subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // Never waits (see the module doc). Fails once the writer
-                // has stopped taking messages: then this one is neither
-                // stored nor acknowledged, and the broker keeps it.
-                let _ = messages.send(publish);
+                // Waits while a batch is queued (see the module doc). Fails
+                // once the writer has stopped taking messages: then this one
+                // is neither stored nor acknowledged, and the broker keeps it.
+                let _ = messages.send(publish).await;
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
@@ -169,14 +170,21 @@ async fn poll_loop(
     }
 }
 
+/// How soon acks that did not fit in the client's request queue are
+/// offered again when no message arrives meanwhile.
+const ACK_RETRY: Duration = Duration::from_millis(10);
+
 async fn writer(
     settings: ConsumerSettings,
     client: AsyncClient,
     intake: Intake,
-    mut inbox: mpsc::UnboundedReceiver<Publish>,
+    mut inbox: mpsc::Receiver<Publish>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Stored messages whose acks are not queued yet, in the order received.
+    let mut unacked: VecDeque<Publish> = VecDeque::new();
     loop {
+        queue_acks(&client, &mut unacked);
         let first = tokio::select! {
             message = inbox.recv() => message,
             _ = signalled(&mut shutdown) => {
@@ -184,8 +192,9 @@ async fn writer(
                 inbox.close();
                 inbox.recv().await
             }
+            () = tokio::time::sleep(ACK_RETRY), if !unacked.is_empty() => continue,
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < settings.batch_messages {
             match inbox.try_recv() {
@@ -206,10 +215,24 @@ async fn writer(
             return;
         }
         tracing::debug!(messages = batch.len(), "MQTT batch stored; acknowledging");
-        for message in &batch {
-            if let Err(error) = client.ack(message).await {
-                tracing::error!(%error, "MQTT ack failed; the broker will redeliver");
-            }
+        unacked.extend(batch);
+    }
+    // The channel is closed, so the poll loop no longer waits on it: waiting
+    // here for room in the request queue is safe.
+    for message in unacked {
+        if let Err(error) = client.ack(&message).await {
+            tracing::error!(%error, "MQTT ack failed; the broker will redeliver");
         }
+    }
+}
+
+/// Queues the acks of `unacked` in order, as many as the client's request
+/// queue takes now.
+fn queue_acks(client: &AsyncClient, unacked: &mut VecDeque<Publish>) {
+    while let Some(message) = unacked.front() {
+        if client.try_ack(message).is_err() {
+            return;
+        }
+        unacked.pop_front();
     }
 }

@@ -66,6 +66,14 @@ impl Client {
             .expect("publish");
     }
 
+    /// Publishes at QoS 0: no acknowledgement, outside any in-flight window.
+    pub async fn publish_qos0(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload.into())
+            .await
+            .expect("publish");
+    }
+
     /// Publishes a retained message (QoS 1).
     pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
