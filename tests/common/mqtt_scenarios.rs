@@ -94,7 +94,8 @@ pub async fn retained_readings_are_stored_once(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let metrics = s.metrics_text().await;
-            assert_eq!(skipped().await, 2, "restart {round}: {metrics}");
+            let log: Vec<String> = s.log.try_iter().collect();
+            assert_eq!(skipped().await, 2, "restart {round}: {metrics}\n{log:#?}");
         }
         assert!(
             !stored(&s, &format!("kept:{T0}")).await,
