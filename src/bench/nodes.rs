@@ -6,7 +6,7 @@
 //! node until `down`, its restart until `up`, with `failure_timeout = 1s`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -14,7 +14,7 @@ use reqwest::Method;
 use super::BenchError;
 use super::load::millis;
 use super::report::{NodeProcesses, Parameters};
-use super::service::{ServiceProcess, free_port};
+use super::service::{ServiceProcess, child_command, free_port};
 use super::workloads;
 
 const SECRET: &str = "bench-cluster-secret-0123456789";
@@ -32,20 +32,11 @@ struct NodeChild {
 
 impl NodeChild {
     async fn start(id: &'static str, dir: PathBuf, address: String) -> Result<Self, BenchError> {
-        let log = std::fs::File::create(dir.with_extension("log"))?;
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = child_command(&dir.with_extension("log"))?;
         command
             .args(["node", "--id", id, "--listen", &address, "--data"])
             .arg(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ENERGYGUARD_") {
-                command.env_remove(name);
-            }
-        }
-        command.env("ENERGYGUARD_CLUSTER__SECRET", SECRET);
+            .env("ENERGYGUARD_CLUSTER__SECRET", SECRET);
         let node = Self {
             child: command.spawn()?,
             id,

@@ -29,6 +29,23 @@ pub struct Api {
     url: String,
 }
 
+/// This binary as a child process: warnings only, logging to `log`, and
+/// none of the caller's `ENERGYGUARD_*` variables (they would be read as
+/// configuration).
+pub fn child_command(log: &Path) -> Result<Command, BenchError> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ENERGYGUARD_") {
+            command.env_remove(name);
+        }
+    }
+    Ok(command)
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16, BenchError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -73,20 +90,11 @@ impl ServiceProcess {
                 data = dir.join("data").display()
             ),
         )?;
-        let log = std::fs::File::create(dir.join("service.log"))?;
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = child_command(&dir.join("service.log"))?;
         command
             .args(["serve", "--config"])
             .arg(&config)
-            .current_dir(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ENERGYGUARD_") {
-                command.env_remove(name);
-            }
-        }
+            .current_dir(dir);
         let service = Self {
             child: command.spawn()?,
             api: Api {
