@@ -6,6 +6,11 @@
 //! The fingerprint covers each record's timestamp, version and whether it is
 //! a tombstone. The value is not needed: versions are unique per write, so
 //! equal versions mean equal contents.
+//!
+//! A whole-sensor digest is folded from the digests of the sensor's UTC day
+//! buckets ([`fold_days`]), never from its rows directly: a node can then
+//! keep day digests and, after a write, recompute only the days it touched,
+//! so comparing replicas costs what changed, not the sensor's whole history.
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -33,17 +38,49 @@ pub struct RangeDigest {
     pub hash: u64,
 }
 
+/// The width of the buckets whole-sensor digests are folded from: a UTC day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The whole-sensor digest of `sensor` from its day digests, given in time
+/// order as (day start, count, hash).
+pub fn fold_days(
+    sensor: &SensorId,
+    days: impl IntoIterator<Item = (i64, u64, u64)>,
+) -> RangeDigest {
+    let mut hasher = Xxh3::new();
+    let mut count = 0;
+    for (start, day_count, day_hash) in days {
+        count += day_count;
+        let mut day = [0u8; 24];
+        day[..8].copy_from_slice(&start.to_le_bytes());
+        day[8..16].copy_from_slice(&day_count.to_le_bytes());
+        day[16..].copy_from_slice(&day_hash.to_le_bytes());
+        hasher.update(&day);
+    }
+    RangeDigest {
+        sensor: sensor.clone(),
+        bucket_start_ms: None,
+        count,
+        hash: hasher.digest(),
+    }
+}
+
 /// Accumulates digests from rows given in key order.
 pub struct DigestBuilder {
-    bucket_ms: Option<i64>,
+    /// The bucket width rows are hashed in (a day for whole-sensor digests).
+    bucket_ms: i64,
+    /// Fold each sensor's buckets into one digest at the end.
+    whole_sensors: bool,
     current: Option<(RangeDigest, Xxh3)>,
     done: Vec<RangeDigest>,
 }
 
 impl DigestBuilder {
     pub fn new(request: &DigestRequest) -> Self {
+        let bucket_ms = request.bucket_ms.filter(|b| *b > 0);
         Self {
-            bucket_ms: request.bucket_ms.filter(|b| *b > 0),
+            bucket_ms: bucket_ms.unwrap_or(DAY_MS),
+            whole_sensors: bucket_ms.is_none(),
             current: None,
             done: Vec::new(),
         }
@@ -57,9 +94,7 @@ impl DigestBuilder {
         version: Version,
         tombstone: bool,
     ) {
-        let bucket = self
-            .bucket_ms
-            .map(|size| timestamp_ms.div_euclid(size) * size);
+        let bucket = Some(timestamp_ms.div_euclid(self.bucket_ms) * self.bucket_ms);
         let same_range = self
             .current
             .as_ref()
@@ -88,7 +123,17 @@ impl DigestBuilder {
 
     pub fn finish(mut self) -> Vec<RangeDigest> {
         self.finish_current();
-        self.done
+        if !self.whole_sensors {
+            return self.done;
+        }
+        let mut whole = Vec::new();
+        for sensor_days in self.done.chunk_by(|a, b| a.sensor == b.sensor) {
+            let days = sensor_days
+                .iter()
+                .map(|d| (d.bucket_start_ms.unwrap_or_default(), d.count, d.hash));
+            whole.push(fold_days(&sensor_days[0].sensor, days));
+        }
+        whole
     }
 
     fn finish_current(&mut self) {
@@ -121,12 +166,16 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = Vec<Row>> {
-        proptest::collection::btree_map(("[ab]", 0i64..10_000), (1u64..1_000, any::<bool>()), 0..60)
-            .prop_map(|m| {
-                m.into_iter()
-                    .map(|((s, ts), (v, t))| (s, ts, v, t))
-                    .collect()
-            })
+        proptest::collection::btree_map(
+            ("[ab]", -DAY_MS..3 * DAY_MS),
+            (1u64..1_000, any::<bool>()),
+            0..60,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|((s, ts), (v, t))| (s, ts, v, t))
+                .collect()
+        })
     }
 
     proptest! {
@@ -154,6 +203,16 @@ mod tests {
             let before: Vec<_> = digest(&rows, None).into_iter().filter(|d| d.sensor.as_str() == sensor).collect();
             let after: Vec<_> = digest(&changed, None).into_iter().filter(|d| d.sensor.as_str() == sensor).collect();
             prop_assert_ne!(before, after);
+        }
+
+        #[test]
+        fn a_whole_sensor_digest_is_its_days_folded(rows in rows()) {
+            let days = digest(&rows, Some(DAY_MS));
+            let folded: Vec<_> = days
+                .chunk_by(|a, b| a.sensor == b.sensor)
+                .map(|d| fold_days(&d[0].sensor, d.iter().map(|d| (d.bucket_start_ms.unwrap_or_default(), d.count, d.hash))))
+                .collect();
+            prop_assert_eq!(digest(&rows, None), folded);
         }
 
         #[test]

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::Deserialize;
 
-use super::digest::DigestBuilder;
+use super::digest::{DAY_MS, DigestBuilder};
 use super::worker::Worker;
 use super::{
     DigestRequest, Incarnation, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError,
@@ -273,17 +273,18 @@ impl SqliteNode {
         self.writer.submit(NodeWrite::Merge).await.map(|_| ())
     }
 
-    /// The digests each request asks for, read from `readings` (the
-    /// journal merged) in one trip to the blocking pool.
+    /// The digests each request asks for, each over its whole sensor or
+    /// only over `[from, to)` ms, read from `readings` (the journal merged)
+    /// in one trip to the blocking pool.
     async fn compute_digests(
         &self,
-        requests: Vec<DigestRequest>,
+        requests: Vec<(DigestRequest, Option<(i64, i64)>)>,
     ) -> StorageResult<Vec<RangeDigest>> {
         self.readers
             .read(move |c| {
                 let mut out = Vec::new();
-                for request in &requests {
-                    out.extend(digests_from_rows(c, request)?);
+                for (request, range) in &requests {
+                    out.extend(digests_from_rows(c, request, *range)?);
                 }
                 Ok(out)
             })
@@ -304,17 +305,28 @@ fn incarnation(connection: &Connection) -> StorageResult<Incarnation> {
     Ok(made)
 }
 
-/// Reads the rows `request` covers from `readings` and digests them.
-fn digests_from_rows(c: &Connection, request: &DigestRequest) -> StorageResult<Vec<RangeDigest>> {
+/// Reads the rows `request` covers from `readings` (only those in
+/// `[from, to)` ms of its sensor when `range` is given) and digests them.
+fn digests_from_rows(
+    c: &Connection,
+    request: &DigestRequest,
+    range: Option<(i64, i64)>,
+) -> StorageResult<Vec<RangeDigest>> {
     let mut builder = DigestBuilder::new(request);
     let base = "SELECT sensor, ts, version, value IS NULL FROM readings";
     let mut stmt;
-    let mut rows = match &request.sensor {
-        Some(s) => {
+    let mut rows = match (&request.sensor, range) {
+        (Some(s), Some((from, to))) => {
+            stmt = c.prepare_cached(&format!(
+                "{base} WHERE sensor = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY sensor, ts"
+            ))?;
+            stmt.query(rusqlite::params![s.as_str(), from, to])?
+        }
+        (Some(s), None) => {
             stmt = c.prepare_cached(&format!("{base} WHERE sensor = ?1 ORDER BY sensor, ts"))?;
             stmt.query([s.as_str()])?
         }
-        None => {
+        (None, _) => {
             stmt = c.prepare_cached(&format!("{base} ORDER BY sensor, ts"))?;
             stmt.query([])?
         }
@@ -509,19 +521,23 @@ impl StorageNode for SqliteNode {
     async fn digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
         self.merge_journal().await?;
         if request.sensor.is_some() || request.bucket_ms.is_some() {
-            return self.compute_digests(vec![request]).await;
+            return self.compute_digests(vec![(request, None)]).await;
         }
         self.digests
             .all(|refresh| {
+                let days_of = |sensor| DigestRequest {
+                    sensor,
+                    bucket_ms: Some(DAY_MS),
+                };
                 let requests = match refresh {
-                    Refresh::All => vec![DigestRequest::default()],
-                    // Whole-sensor digests; none for a sensor without rows.
+                    Refresh::All => vec![(days_of(None), None)],
                     Refresh::Sensors(sensors) => sensors
                         .into_iter()
-                        .map(|sensor| DigestRequest {
-                            sensor: Some(sensor),
-                            bucket_ms: None,
-                        })
+                        .map(|sensor| (days_of(Some(sensor)), None))
+                        .collect(),
+                    Refresh::Days(days) => days
+                        .into_iter()
+                        .map(|(sensor, day)| (days_of(Some(sensor)), Some((day, day + DAY_MS))))
                         .collect(),
                 };
                 self.compute_digests(requests)

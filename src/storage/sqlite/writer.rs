@@ -45,13 +45,13 @@
 //! CPU per POST under `wrk -c32`: 20.1 → 16.2 µs, medians of five
 //! alternated pairs).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction};
 
 use super::RecordDecoder;
-use super::digest_cache::DigestCache;
+use super::digest_cache::{DigestCache, Touched};
 use crate::reading::{Key, SensorId, Unit};
 use crate::storage::worker::{Chore, WriteExecutor};
 use crate::storage::{Record, StorageResult};
@@ -190,8 +190,8 @@ pub(super) struct NodeWriter {
 /// written are borrowed from the journal's maps.
 #[derive(Default)]
 struct ReadingsWrites {
-    /// Sensors whose rows the open transaction changed.
-    touched: BTreeSet<SensorId>,
+    /// The sensors' days whose rows the open transaction changed.
+    touched: Touched,
     /// No record in `readings` has a higher version: `high_water` on disk,
     /// as the open transaction raises it (left raised if it rolls back,
     /// which only costs lookups).
@@ -203,7 +203,7 @@ impl ReadingsWrites {
     /// touched and raises `high_water`, on disk and in `newest`. Answers the
     /// rows changed.
     fn upsert(&mut self, tx: &Transaction<'_>, records: &[&Record]) -> StorageResult<u64> {
-        mark_touched(&mut self.touched, records);
+        self.touched.records(records);
         if let Some(highest) = raise_high_water(tx, records)? {
             self.newest = self.newest.max(highest);
         }
@@ -419,13 +419,6 @@ fn raise_high_water(tx: &Transaction<'_>, records: &[&Record]) -> StorageResult<
     Ok(Some(highest))
 }
 
-/// Adds the sensors of key-ordered `records` to `touched`, each once.
-fn mark_touched(touched: &mut BTreeSet<SensorId>, records: &[&Record]) {
-    let mut sensors: Vec<&SensorId> = records.iter().map(|r| &r.key.sensor).collect();
-    sensors.dedup();
-    touched.extend(sensors.into_iter().cloned());
-}
-
 /// The records of two key-ordered maps in key order, `newer`'s where both
 /// hold a key.
 fn merge_sorted<'a>(
@@ -477,7 +470,7 @@ impl WriteExecutor for NodeWriter {
                 for s in sensors {
                     removed += delete.execute([s.as_str()])? as u64;
                 }
-                self.readings.touched.extend(sensors.iter().cloned());
+                self.readings.touched.sensors(sensors);
                 Ok(removed)
             }
             NodeWrite::Merge => {
@@ -523,7 +516,7 @@ impl WriteExecutor for NodeWriter {
         self.staged.clear();
         self.merged = false;
         self.slice = None;
-        self.readings.touched.clear();
+        self.readings.touched = Touched::default();
     }
 
     fn chore(&self) -> Option<(Chore, NodeWrite)> {
