@@ -2,8 +2,9 @@
 //! `energyguard node` children on loopback and a service (`consistent`,
 //! RF 2) that reaches them over gRPC. Measured: batched ingest (against the
 //! in-process figure of the same run), the recovery of a node that missed
-//! `readings`, and how long failure detection takes each way (SIGKILL of a
-//! node until `down`, its restart until `up`, with `failure_timeout = 1s`).
+//! `readings` while it was down, and how long failure detection takes each
+//! way (SIGKILL of a node until `down`, its restart until `up`, with
+//! `failure_timeout = 1s`).
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -93,7 +94,13 @@ pub async fn run(
     std::fs::create_dir_all(&service_dir)?;
     let service = ServiceProcess::start(&service_dir, &section).await?;
     let batch_readings_per_s = workloads::batch_rate(&service, p).await?;
-    let recovery = workloads::recover(&service, p)
+    // The victim holds RF/nodes = 2/3 of the sensors: write 3/2 of
+    // `readings` so that it misses `readings`.
+    let missing = Parameters {
+        readings: p.readings * 3 / 2,
+        ..p.clone()
+    };
+    let recovery = workloads::recover(&service, &missing)
         .await?
         .pop()
         .ok_or_else(|| BenchError::Service("no recovery measured".into()))?;

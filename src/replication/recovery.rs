@@ -9,21 +9,25 @@
 //! by an empty one, writes that failed half-way. Sensors the node no longer
 //! owns (the placement changed while it was down) are removed from it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::TryFutureExt;
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
 use super::copy::{copy_differing_buckets, copy_range};
 use super::replicator::Replicator;
 use super::state::{DownReason, NodeStatus};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::SensorId;
-use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, StorageNode};
+use crate::storage::{DigestRequest, NodeId, RangeDigest, Record, StorageNode, StorageResult};
 
 /// Hints replayed per round trip.
 const HINT_BATCH: usize = 10_000;
+/// Hint batches being applied to a node at once.
+const APPLIES_IN_FLIGHT: usize = 2;
 
 /// What `recover` did: the answer of `POST /recover_node/<id>`.
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +95,8 @@ impl Replicator {
     }
 
     /// The recovery of a node already marked recovering; the caller holds
-    /// the admin lock.
+    /// the admin lock. A node that lost its data cannot be refilled without
+    /// a live peer: it stays down rather than serve an empty store.
     async fn recover_marked(&self, id: &NodeId) -> ReplicationResult<RecoveryReport> {
         tracing::info!(node = %id, "recovering node");
         let started = Instant::now();
@@ -103,9 +108,27 @@ impl Replicator {
                 .known_incarnation(id)
                 .await
                 .is_some_and(|known| known != incarnation);
-            let hints = self.replay_hints(id).await?;
+            let peers = self.live_peers(id);
+            if lost_data && peers.is_empty() {
+                return Err(ReplicationError::Unavailable {
+                    required: 1,
+                    available: 0,
+                });
+            }
+            // The peers' digests do not depend on the hints: they are taken
+            // while the hints are replayed.
+            let (hints, peer_digests) = futures::future::try_join(
+                self.replay_hints(id),
+                futures::future::try_join_all(
+                    peers
+                        .iter()
+                        .map(|(_, node)| node.digests(DigestRequest::default())),
+                )
+                .map_err(ReplicationError::from),
+            )
+            .await?;
             let hints_took = started.elapsed();
-            let (repaired, removed) = self.repair(id, lost_data).await?;
+            let (repaired, removed) = self.repair(id, peers, peer_digests).await?;
             self.remember_incarnation(id, &incarnation).await?;
             tracing::info!(node = %id, hints_ms = hints_took.as_millis() as u64,
                 repair_ms = (started.elapsed() - hints_took).as_millis() as u64, "recovery phases");
@@ -150,14 +173,22 @@ impl Replicator {
     }
 
     /// Applies and forgets the node's hints, skipping records for sensors it
-    /// no longer holds (their owners have them). Each batch is applied while
-    /// the next is read and the previous one, applied already, is forgotten.
+    /// no longer holds (their owners have them). Batches are read in order
+    /// and applied in tasks of their own, [`APPLIES_IN_FLIGHT`] at a time,
+    /// so the node's writer always has the next batch waiting; a batch's
+    /// hints are forgotten once it and every batch before it are applied.
+    /// Applying out of order is harmless: records merge by version.
     async fn replay_hints(&self, id: &NodeId) -> ReplicationResult<u64> {
         let node = self.node(id)?.clone();
         let mut replayed = 0;
-        let mut batch = self.meta.hints(id, 0, HINT_BATCH).await?;
-        let mut applied_up_to = None;
-        while let Some(last) = batch.last().map(|h| h.seq) {
+        let mut read_up_to = 0;
+        let mut applying = VecDeque::new();
+        loop {
+            let batch = self.meta.hints(id, read_up_to, HINT_BATCH).await?;
+            let Some(last) = batch.last().map(|h| h.seq) else {
+                break;
+            };
+            read_up_to = last;
             let records: Vec<Record> = {
                 let state = self.state();
                 batch
@@ -167,59 +198,56 @@ impl Replicator {
                     .collect()
             };
             replayed += records.len() as u64;
-            let forget_previous = async {
-                match applied_up_to {
-                    Some(seq) => self.meta.remove_hints(id, seq).await,
-                    None => Ok(()),
-                }
-            };
-            let (applied, next, forgotten) = futures::join!(
-                node.apply(records),
-                self.meta.hints(id, last, HINT_BATCH),
-                forget_previous
-            );
-            applied?;
-            forgotten?;
-            applied_up_to = Some(last);
-            batch = next?;
+            let node = node.clone();
+            applying.push_back((last, tokio::spawn(async move { node.apply(records).await })));
+            if applying.len() >= APPLIES_IN_FLIGHT {
+                self.forget_oldest_applied(id, &mut applying).await?;
+            }
         }
-        if let Some(seq) = applied_up_to {
-            self.meta.remove_hints(id, seq).await?;
+        while !applying.is_empty() {
+            self.forget_oldest_applied(id, &mut applying).await?;
         }
         Ok(replayed)
     }
 
-    /// Anti-entropy against every live peer. Answers (records changed on the
-    /// node, records removed from it). A node that lost its data cannot be
-    /// refilled without a live peer: it stays down rather than serve an
-    /// empty store.
-    async fn repair(&self, id: &NodeId, lost_data: bool) -> ReplicationResult<(u64, u64)> {
-        let target = self.node(id)?.clone();
-        let peers: Vec<(NodeId, Arc<dyn StorageNode>)> = {
-            let state = self.state();
-            self.nodes
-                .iter()
-                .filter(|(peer, _)| *peer != id && state.is_up(peer))
-                .map(|(peer, node)| (peer.clone(), node.clone()))
-                .collect()
+    /// Waits for the oldest batch in `applying` and forgets its hints (and
+    /// those of every batch before it, applied already).
+    async fn forget_oldest_applied(
+        &self,
+        id: &NodeId,
+        applying: &mut VecDeque<(i64, JoinHandle<StorageResult<u64>>)>,
+    ) -> ReplicationResult<()> {
+        let Some((last, task)) = applying.pop_front() else {
+            return Ok(());
         };
-        if lost_data && peers.is_empty() {
-            return Err(ReplicationError::Unavailable {
-                required: 1,
-                available: 0,
-            });
-        }
-        // Every node scans all it holds: do it on all of them at once.
-        let (mine, peer_digests) = futures::future::try_join(
-            target.digests(DigestRequest::default()),
-            futures::future::try_join_all(
-                peers
-                    .iter()
-                    .map(|(_, node)| node.digests(DigestRequest::default())),
-            ),
-        )
-        .await?;
-        let mine = by_sensor(mine);
+        match task.await {
+            Ok(applied) => applied?,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        self.meta.remove_hints(id, last).await?;
+        Ok(())
+    }
+
+    /// The peers a recovering node is repaired from: every other node up.
+    fn live_peers(&self, id: &NodeId) -> Vec<(NodeId, Arc<dyn StorageNode>)> {
+        let state = self.state();
+        self.nodes
+            .iter()
+            .filter(|(peer, _)| *peer != id && state.is_up(peer))
+            .map(|(peer, node)| (peer.clone(), node.clone()))
+            .collect()
+    }
+
+    /// Anti-entropy against `peers`, whose whole-sensor digests are given.
+    /// Answers (records changed on the node, records removed from it).
+    async fn repair(
+        &self,
+        id: &NodeId,
+        peers: Vec<(NodeId, Arc<dyn StorageNode>)>,
+        peer_digests: Vec<Vec<RangeDigest>>,
+    ) -> ReplicationResult<(u64, u64)> {
+        let target = self.node(id)?.clone();
+        let mine = by_sensor(target.digests(DigestRequest::default()).await?);
         let theirs: Vec<_> = peers
             .iter()
             .zip(peer_digests)
