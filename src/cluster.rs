@@ -12,7 +12,9 @@ use crate::config::{Config, ConfigError, NodeLocation};
 use crate::replication::meta::MetaStore;
 use crate::replication::{PlacementSpec, ReplicationError, Replicator};
 use crate::storage::remote::client::{RemoteNode, RemoteSettings};
-use crate::storage::sqlite::SqliteNode;
+use crate::node::NodeError;
+use crate::storage::reopen::ReopeningNode;
+use crate::storage::sqlite::{SqliteNode, Synchronous};
 use crate::storage::{NodeId, StorageError, StorageNode};
 
 /// A call to a node process other than a probe fails after twice
@@ -29,8 +31,6 @@ pub enum ClusterError {
     Storage(#[from] StorageError),
     #[error("replication: {0}")]
     Replication(#[from] ReplicationError),
-    #[error("{0}")]
-    Node(#[from] crate::node::NodeError),
 }
 
 /// Opens every configured node and the replicator over them, and starts
@@ -56,25 +56,16 @@ pub async fn open(config: &Config) -> Result<Arc<Replicator>, ClusterError> {
         .iter()
         .map(|n| (n.id.clone(), n.location.clone()))
         .collect();
-    for (id, location) in &places {
-        if let NodeLocation::Dir(dir) = location {
-            crate::node::claim_dir(dir, id)?;
-        }
-    }
     let meta = MetaStore::open(data_dir, synchronous)?;
     let replicator = Replicator::open_with_epoch(meta, spec, epoch, |id| {
         let node: Arc<dyn StorageNode> = match places.get(id) {
             Some(NodeLocation::Process(url)) => {
                 Arc::new(RemoteNode::connect(id.clone(), url, remote.clone())?)
             }
-            Some(NodeLocation::Dir(dir)) => {
-                Arc::new(SqliteNode::open(id.clone(), dir, synchronous)?)
-            }
+            Some(NodeLocation::Dir(dir)) => open_local(id, dir, synchronous, true)?,
             // A node of an earlier placement that the configuration no
             // longer names lives in `data_dir` until the rebalance is done.
-            Some(NodeLocation::DataDir) | None => {
-                Arc::new(SqliteNode::open(id.clone(), data_dir, synchronous)?)
-            }
+            Some(NodeLocation::DataDir) | None => open_local(id, data_dir, synchronous, false)?,
         };
         Ok(node)
     })
@@ -83,6 +74,42 @@ pub async fn open(config: &Config) -> Result<Arc<Replicator>, ClusterError> {
     replicator.start_health(failure_timeout);
     log_places(&replicator, data_dir);
     Ok(replicator)
+}
+
+/// Opens a node stored in `dir` (a directory of its own when `own_dir`, in
+/// which case it is claimed for `id`). A node whose storage fails to open
+/// is answered anyway, down until it opens (see [`ReopeningNode`]); only
+/// what no retry can fix stops the start: the directory is another node's,
+/// or another process holds the file.
+fn open_local(
+    id: &NodeId,
+    dir: &Path,
+    synchronous: Synchronous,
+    own_dir: bool,
+) -> Result<Arc<dyn StorageNode>, StorageError> {
+    let open = {
+        let (id, dir) = (id.clone(), dir.to_path_buf());
+        move || {
+            if own_dir {
+                crate::node::claim_dir(&dir, &id).map_err(|e| match e {
+                    NodeError::Storage(storage) => storage,
+                    NodeError::Io { dir, source } => StorageError::Io { path: dir, source },
+                    other => StorageError::Refused(other.to_string()),
+                })?;
+            }
+            SqliteNode::open(id.clone(), &dir, synchronous)
+        }
+    };
+    match open() {
+        Ok(node) => Ok(Arc::new(node)),
+        Err(error @ (StorageError::Refused(_) | StorageError::InUse { .. })) => Err(error),
+        Err(error) => {
+            tracing::error!(node = %id, dir = %dir.display(), %error,
+                "storage node cannot be opened: down until it opens");
+            let reopening = ReopeningNode::new(id.clone(), dir.to_path_buf(), Arc::new(open));
+            Ok(Arc::new(reopening))
+        }
+    }
 }
 
 fn log_places(replicator: &Replicator, data_dir: &Path) {

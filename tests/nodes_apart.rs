@@ -252,3 +252,29 @@ async fn a_node_refuses_the_wrong_secret_and_another_nodes_directory() {
         "node1 alone takes the write (quorum 1)"
     );
 }
+
+#[tokio::test]
+async fn a_disk_that_cannot_be_opened_at_start_leaves_its_node_down_until_it_can() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let disk = |n: u32| dir.path().join(format!("disk{n}"));
+    // A file where node3's directory should be: it cannot be opened.
+    std::fs::write(disk(3), "not a directory").expect("block node3's directory");
+    let config = format!(
+        "[replication]\nstrategy = \"full\"\nwrite_quorum = 1\nnodes = [\
+         {{ id = \"node1\", path = \"{}\" }}, {{ id = \"node2\", path = \"{}\" }}, \
+         {{ id = \"node3\", path = \"{}\" }}]\n[cluster]\nfailure_timeout = \"1s\"\n",
+        disk(1).display(),
+        disk(2).display(),
+        disk(3).display(),
+    );
+    let service = Service::start_in(dir.path(), &config);
+    let down = node_status(&service, "node3").await;
+    assert_eq!(down["status"], "down", "{down}");
+    assert_eq!(down["reason"], "disk", "{down}");
+    let acknowledged = ingest(&service, "meter", 1_700_000_000, 100).await;
+    assert_eq!(acknowledged.len(), 100, "the other two nodes take the writes");
+
+    std::fs::remove_file(disk(3)).expect("unblock node3's directory");
+    wait_all_hold(&service, 100, Duration::from_secs(15)).await;
+    assert_readable(&service, &acknowledged).await;
+}

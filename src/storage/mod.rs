@@ -17,6 +17,7 @@
 pub mod digest;
 pub mod memory;
 pub mod remote;
+pub mod reopen;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
