@@ -9,10 +9,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, NodeLocation};
+use crate::node::NodeError;
 use crate::replication::meta::MetaStore;
 use crate::replication::{PlacementSpec, ReplicationError, Replicator};
 use crate::storage::remote::client::{RemoteNode, RemoteSettings};
-use crate::node::NodeError;
 use crate::storage::reopen::ReopeningNode;
 use crate::storage::sqlite::{SqliteNode, Synchronous};
 use crate::storage::{NodeId, StorageError, StorageNode};

@@ -9,10 +9,14 @@
 //! hold exactly the model's live data for the sensors it owns, and no deleted
 //! key may be readable anywhere.
 //!
-//! A third run wraps the in-memory nodes in [`FaultyNode`], which drops a
-//! request or applies a write and loses its reply at moments the seed
-//! chooses: a write whose outcome is unknown is then allowed to have landed
-//! or not, so the model keeps, per key, every value it may hold. The checker
+//! A third run wraps the in-memory nodes in [`FaultyNode`], which fails the
+//! way a node process behind a network does, at moments the seed chooses:
+//! a write's request dropped, applied with its reply lost, or delayed and
+//! delivered later (after newer writes; refused, as a node process does,
+//! if the settings epoch moved meanwhile), and a node restarting (every
+//! call failing for a while, its data kept). A write whose outcome is
+//! unknown is allowed to have landed or not, so the model keeps, per key,
+//! every value it may hold. The checker
 //! asks that every answer be one of them, that every acknowledged write be
 //! readable until a later acknowledged write replaces it, that no key
 //! deleted (and not maybe-rewritten since) come back, and that at the end
@@ -93,7 +97,7 @@ async fn random_operations_on_sqlite_nodes_match_a_plain_map() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn random_operations_with_dropped_requests_and_lost_replies_keep_every_acknowledged_write() {
+async fn random_operations_with_network_faults_and_restarts_keep_every_acknowledged_write() {
     let ops = env_number("MODEL_OPS", 2_500) as usize;
     for seed in seeds(env_number("MODEL_SEEDS", 4)) {
         let cluster = cluster_of(NODES, initial_settings(), |id, _| {
@@ -116,12 +120,25 @@ enum Fault {
     DropRequest,
     /// Applied, but the reply is lost: the caller cannot know.
     LoseReply,
+    /// The request is held up on the way and the caller times out; it
+    /// arrives later, when the test delivers it (after newer writes, maybe).
+    Delay,
 }
 
-/// An in-memory node that fails its next write the way a network does.
+/// An in-memory node that fails the way a node process behind a network
+/// does: its next write dropped, applied without a reply, or delayed; or
+/// every call refused while it is "restarting" (its data kept).
 struct FaultyNode {
     inner: MemoryNode,
     armed: std::sync::Mutex<Option<Fault>>,
+    /// Delayed writes, with the settings epoch of the service that sent
+    /// them.
+    delayed: std::sync::Mutex<Vec<(u64, Vec<Record>)>>,
+    /// The settings epoch the service sends with its calls (set by the test
+    /// before each operation), for stamping delayed writes.
+    epoch: std::sync::atomic::AtomicU64,
+    /// While set, the node process is down: every call fails.
+    restarting: std::sync::atomic::AtomicBool,
     /// Faults that went off.
     fired: std::sync::atomic::AtomicUsize,
 }
@@ -131,6 +148,9 @@ impl FaultyNode {
         Self {
             inner,
             armed: std::sync::Mutex::new(None),
+            delayed: std::sync::Mutex::new(Vec::new()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            restarting: std::sync::atomic::AtomicBool::new(false),
             fired: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -141,6 +161,47 @@ impl FaultyNode {
 
     fn take_fault(&self) -> Option<Fault> {
         self.armed.lock().expect("lock").take()
+    }
+
+    fn set_restarting(&self, restarting: bool) {
+        self.restarting
+            .store(restarting, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_restarting(&self) -> bool {
+        self.restarting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn fire(&self) {
+        self.fired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fails the call if the node is restarting.
+    fn reachable(&self) -> StorageResult<()> {
+        if self.is_restarting() {
+            self.fire();
+            return Err(lost("node restarting"));
+        }
+        Ok(())
+    }
+
+    /// Lets the delayed writes arrive. A node process refuses a call from
+    /// a service whose settings epoch is older than one it has seen, so a
+    /// write sent before the placement changed is refused, not applied.
+    /// Answers (writes applied, writes refused).
+    async fn deliver_delayed(&self, epoch_now: u64) -> (usize, usize) {
+        let delayed = std::mem::take(&mut *self.delayed.lock().expect("lock"));
+        let (mut applied, mut refused) = (0, 0);
+        for (sent_at, records) in delayed {
+            if sent_at == epoch_now {
+                self.inner.apply(records).await.expect("memory apply");
+                applied += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        (applied, refused)
     }
 }
 
@@ -155,10 +216,10 @@ impl StorageNode for FaultyNode {
     }
 
     async fn apply(&self, records: Vec<Record>) -> StorageResult<u64> {
+        self.reachable()?;
         let fault = self.take_fault();
         if fault.is_some() {
-            self.fired
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.fire();
         }
         match fault {
             None => self.inner.apply(records).await,
@@ -167,26 +228,36 @@ impl StorageNode for FaultyNode {
                 self.inner.apply(records).await?;
                 Err(lost("reply lost"))
             }
+            Some(Fault::Delay) => {
+                let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+                self.delayed.lock().expect("lock").push((epoch, records));
+                Err(lost("timed out"))
+            }
         }
     }
 
     async fn get(&self, key: &Key) -> StorageResult<Option<Record>> {
+        self.reachable()?;
         self.inner.get(key).await
     }
 
     async fn scan(&self, scan: Scan) -> StorageResult<Vec<Record>> {
+        self.reachable()?;
         self.inner.scan(scan).await
     }
 
     async fn digests(&self, request: DigestRequest) -> StorageResult<Vec<RangeDigest>> {
+        self.reachable()?;
         self.inner.digests(request).await
     }
 
     async fn remove_sensors(&self, sensors: Vec<SensorId>) -> StorageResult<u64> {
+        self.reachable()?;
         self.inner.remove_sensors(sensors).await
     }
 
     async fn stats(&self) -> StorageResult<NodeStats> {
+        self.reachable()?;
         self.inner.stats().await
     }
 
@@ -199,6 +270,7 @@ impl StorageNode for FaultyNode {
     }
 
     async fn probe(&self) -> StorageResult<Incarnation> {
+        self.reachable()?;
         self.inner.probe().await
     }
 }
@@ -308,6 +380,55 @@ impl Run {
             .sum()
     }
 
+    fn faulty(&self) -> &BTreeMap<NodeId, Arc<FaultyNode>> {
+        self.nodes.faulty.as_ref().expect("faulty nodes")
+    }
+
+    /// One fault, as the seed picks: a node's next write dropped, applied
+    /// with its reply lost, or delayed; delayed writes delivered; a node
+    /// process restarting (every call fails) or back. Not while nodes are
+    /// down or restarting beyond what the cluster can lose.
+    async fn inject_fault(&mut self, rng: &mut ChaCha8Rng) {
+        let ids = node_ids(NODES);
+        let node = &ids[rng.random_range(0..NODES)];
+        let out = self.down_nodes().await.len()
+            + self.faulty().values().filter(|n| n.is_restarting()).count();
+        let epoch = self.replicator.epoch();
+        match rng.random_range(0..6) {
+            kind @ 0..=3 if out + 1 < NODES - 1 => {
+                let fault = match kind {
+                    0 => Fault::DropRequest,
+                    1 => Fault::LoseReply,
+                    _ => Fault::Delay,
+                };
+                self.faulty()[node].arm(fault);
+                self.count("fault armed");
+            }
+            4 => {
+                let restarting = self.faulty().values().find(|n| n.is_restarting()).cloned();
+                match restarting {
+                    Some(n) => {
+                        n.set_restarting(false);
+                        self.count("node back");
+                    }
+                    None if out + 1 < NODES - 1 => {
+                        self.faulty()[node].set_restarting(true);
+                        self.count("node restarting");
+                    }
+                    None => {}
+                }
+            }
+            5 => {
+                for n in self.faulty().values().cloned().collect::<Vec<_>>() {
+                    let (applied, refused) = n.deliver_delayed(epoch).await;
+                    *self.stats.entry("delayed write delivered").or_default() += applied;
+                    *self.stats.entry("delayed write refused").or_default() += refused;
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// What `key` may hold.
     fn possible(&self, key: &Key) -> Vec<Option<f64>> {
         self.model.get(key).cloned().unwrap_or_else(|| vec![None])
@@ -410,6 +531,11 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
     for op in 0..ops {
         run.op = op;
         run.fired_before = run.fired();
+        // What the service sends with its calls in this operation.
+        for node in run.nodes.faulty.iter().flat_map(|f| f.values()) {
+            node.epoch
+                .store(replicator.epoch(), std::sync::atomic::Ordering::Relaxed);
+        }
         let choice = rng.random_range(0..100);
         match choice {
             0..=34 => {
@@ -522,21 +648,9 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                     }
                 }
             }
-            89..=90 if run.faults() => {
-                // A fault armed on a node, for its next write; not while
-                // nodes are down beyond what the cluster can lose.
-                let down = run.down_nodes().await.len();
-                if down + 1 < NODES - 1 {
-                    let node = &ids[rng.random_range(0..NODES)];
-                    let fault = if rng.random_bool(0.5) {
-                        Fault::DropRequest
-                    } else {
-                        Fault::LoseReply
-                    };
-                    run.nodes.faulty.as_ref().expect("faulty nodes")[node].arm(fault);
-                    run.count("fault armed");
-                }
-            }
+            // Faults take some of the strategy changes' share: a change
+            // of placement makes every write delayed before it stale.
+            89..=93 if run.faults() => run.inject_fault(&mut rng).await,
             89..=90 => {
                 // A disk replaced by an empty one, safe only when every other
                 // node is up and settled and each reading has a second copy.
@@ -574,6 +688,7 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
     // finish.
     for node in run.nodes.faulty.iter().flat_map(|f| f.values()) {
         node.take_fault();
+        node.set_restarting(false);
     }
     for node in &ids {
         if run.statuses().await[node] != NodeStatus::Up {
@@ -593,6 +708,15 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
         replicator.is_settled().await.expect("settled"),
         "seed {seed}: rebalance did not finish"
     );
+
+    // Writes still on their way arrive last, after the clean-up removed
+    // what nodes no longer own: those sent under an older placement must
+    // be refused, or a node would hold a sensor it does not own.
+    for node in run.nodes.faulty.iter().flat_map(|f| f.values()) {
+        let (applied, refused) = node.deliver_delayed(replicator.epoch()).await;
+        *run.stats.entry("delayed write delivered").or_default() += applied;
+        *run.stats.entry("delayed write refused").or_default() += refused;
+    }
 
     let placement = replicator.placement();
     let mut replicas = Vec::new();
@@ -639,6 +763,16 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
     let mut expected = vec!["put", "delete", "fail", "recover", "configure", "get"];
     if run.faults() {
         expected.push("fault armed");
+        let delayed = |what| run.stats.get(what).copied().unwrap_or(0);
+        let (delivered, refused) = (
+            delayed("delayed write delivered"),
+            delayed("delayed write refused"),
+        );
+        assert!(
+            delivered + refused > 2 && delayed("node restarting") > 0,
+            "seed {seed}: too few delayed writes or restarts: {:?}",
+            run.stats
+        );
         assert!(run.fired() > 5, "seed {seed}: too few faults went off");
     }
     for what in expected {

@@ -272,7 +272,11 @@ async fn a_disk_that_cannot_be_opened_at_start_leaves_its_node_down_until_it_can
     assert_eq!(down["status"], "down", "{down}");
     assert_eq!(down["reason"], "disk", "{down}");
     let acknowledged = ingest(&service, "meter", 1_700_000_000, 100).await;
-    assert_eq!(acknowledged.len(), 100, "the other two nodes take the writes");
+    assert_eq!(
+        acknowledged.len(),
+        100,
+        "the other two nodes take the writes"
+    );
 
     std::fs::remove_file(disk(3)).expect("unblock node3's directory");
     wait_all_hold(&service, 100, Duration::from_secs(15)).await;

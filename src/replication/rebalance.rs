@@ -194,6 +194,9 @@ impl Replicator {
             }
             self.meta.put_setting(CLEANUP_PENDING, &true).await?;
             self.meta.delete_setting(PREVIOUS_PLACEMENT).await?;
+            // Writes stop going to the old owners: a write sent to one
+            // before, arriving after its clean-up, must be refused.
+            self.next_epoch().await?;
             let mut state = self.state_mut();
             state.previous = None;
             if let Some(p) = state.rebalance.as_mut() {

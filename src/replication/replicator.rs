@@ -265,9 +265,9 @@ impl Replicator {
         super::health::spawn(self, failure_timeout);
     }
 
-    /// The settings epoch: it grows with every change of placement, and
-    /// node processes refuse a service whose epoch is older than one they
-    /// have seen.
+    /// The settings epoch: it grows with every change of where writes go
+    /// (a new placement, the end of a rebalance), and node processes refuse
+    /// a call whose epoch is older than one they have seen.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
