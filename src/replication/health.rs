@@ -104,8 +104,16 @@ fn next_backoff(current: Duration) -> Duration {
 /// What the recovery task reports back: the node, and whether it is up.
 type Outcomes = Arc<std::sync::Mutex<Vec<(NodeId, bool)>>>;
 
-/// Starts the detector; it stops once the replicator is closed or dropped.
-pub(super) fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
+impl Replicator {
+    /// Starts failure detection and automatic recovery: a node silent for
+    /// `failure_timeout` is marked down, and one that answers again is
+    /// recovered. It stops once the replicator is closed or dropped.
+    pub fn start_health(self: &Arc<Self>, failure_timeout: Duration) {
+        spawn(self, failure_timeout);
+    }
+}
+
+fn spawn(replicator: &Arc<Replicator>, failure_timeout: Duration) {
     let weak: Weak<Replicator> = Arc::downgrade(replicator);
     let interval = (failure_timeout / 3).max(MIN_PROBE_INTERVAL);
     // A round takes at most a probe's deadline plus the interval: the lease

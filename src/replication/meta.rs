@@ -37,6 +37,26 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 ";
 
+/// The names of the settings the replicator keeps in the cluster store.
+pub(super) mod keys {
+    /// The current placement.
+    pub const PLACEMENT: &str = "placement";
+    /// The last complete placement while data moves away from it.
+    pub const PREVIOUS_PLACEMENT: &str = "previous_placement";
+    /// Copies on nodes that no longer own them await removal.
+    pub const CLEANUP_PENDING: &str = "cleanup_pending";
+    /// The nodes down, with why.
+    pub const DOWN_NODES: &str = "down_nodes";
+    /// The incarnation each node's storage was last known by.
+    pub const INCARNATIONS: &str = "incarnations";
+    /// A version above every version this service has issued (see
+    /// `Replicator::persist_clock_high_water`).
+    pub const CLOCK_HIGH_WATER: &str = "clock_high_water";
+    /// The settings epoch: counts changes of where writes go (see
+    /// `Replicator::epoch`).
+    pub const EPOCH: &str = "settings_epoch";
+}
+
 /// A hint read back: its sequence number (for removal) and the record.
 pub struct Hint {
     pub seq: i64,

@@ -7,8 +7,9 @@
 //!   replicas and acknowledges once `write_quorum` of them stored it; writes
 //!   for nodes that are down become durable hints in [`meta`]. Reads ask the
 //!   live replicas, answer the highest version and repair stale copies.
-//! * `state.rs`: node statuses (with why a node is down) and placements,
-//!   behind typed accessors.
+//! * `state.rs`: node statuses (with why a node is down), placements and
+//!   rebalance progress, behind the write gate: the one type that decides
+//!   who may change them, and in which lock order (see its docs).
 //! * `health.rs`: failure detection and automatic recovery, with a backoff
 //!   for flapping nodes.
 //! * `copy.rs`: copying a sensor between nodes, whole or by differing hour
@@ -20,14 +21,13 @@
 //!   its new owners in the background; until then reads use the old owners,
 //!   which stay complete because writes go to old and new owners alike.
 //!
-//! Concurrency: two locks, each for one job. `state` (a `std::sync::RwLock`)
-//! holds statuses and placements and is only held for a few map look-ups,
-//! never across an await. `gate` (a `tokio::sync::RwLock<()>`) is held shared
-//! by every write from "look at statuses" to "stored and hinted", and taken
-//! exclusively by status and placement changes, so a change never lands in
-//! the middle of a write: a recovering node cannot miss a hint written by a
-//! write that saw it down, and a rebalance never misses a write made under
-//! the old placement.
+//! * [`meta`]: the cluster's own store (hints, settings), apart from every
+//!   storage node.
+//!
+//! Dependencies run one way: `replicator.rs` knows only `state`, `meta` and
+//! `strategy`; `recovery`, `rebalance` and `health` add their operations to
+//! [`Replicator`] in `impl` blocks of their own, and the first two copy
+//! through `copy.rs`.
 
 mod copy;
 mod health;
@@ -39,10 +39,10 @@ pub mod ring;
 mod state;
 pub mod strategy;
 
-pub use rebalance::{RebalancePhase, RebalanceProgress, RebalanceStep};
+pub use rebalance::RebalanceStep;
 pub use recovery::RecoveryReport;
 pub use replicator::{NodeReport, READ_REPAIR_EVERY, Replicator};
-pub use state::{DownReason, NodeStatus};
+pub use state::{DownReason, NodeStatus, RebalancePhase, RebalanceProgress};
 pub use strategy::{Placement, PlacementSpec, ReplicationSettings, StrategyKind};
 
 use crate::reading::InvalidInput;

@@ -18,10 +18,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::copy::copy_range;
-use super::replicator::{CLEANUP_PENDING, PLACEMENT, PREVIOUS_PLACEMENT, Replicator};
+use super::meta::keys::{CLEANUP_PENDING, PLACEMENT, PREVIOUS_PLACEMENT};
+use super::replicator::Replicator;
+use super::state::{RebalancePhase, RebalanceProgress};
 use super::strategy::{Placement, ReplicationSettings};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::SensorId;
@@ -29,40 +29,6 @@ use crate::storage::DigestRequest;
 
 /// How often a blocked mover looks again even without being woken.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RebalancePhase {
-    /// Copying sensors to their new owners.
-    Moving,
-    /// Some node involved is not up; the move resumes when it is recovered.
-    WaitingForNodes,
-    /// Removing copies from nodes that no longer own them.
-    CleaningUp,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RebalanceProgress {
-    pub from: ReplicationSettings,
-    pub to: ReplicationSettings,
-    pub phase: RebalancePhase,
-    pub sensors_total: u64,
-    pub sensors_moved: u64,
-    pub records_copied: u64,
-}
-
-impl RebalanceProgress {
-    pub(super) fn new(from: &Placement, to: &Placement) -> Self {
-        Self {
-            from: from.settings(),
-            to: to.settings(),
-            phase: RebalancePhase::Moving,
-            sensors_total: 0,
-            sensors_moved: 0,
-            records_copied: 0,
-        }
-    }
-}
 
 /// What one pass of the mover achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +52,9 @@ impl Replicator {
         let _admin = self.admin.lock().await;
         let nodes = self.state().current.nodes().to_vec();
         let new = Arc::new(Placement::new(settings, nodes)?);
-        let _gate = self.gate.write().await;
+        let change = self.cluster.change().await;
         let (current, previous) = {
-            let state = self.state();
+            let state = change.state();
             (state.current.clone(), state.previous.clone())
         };
         let complete = previous.unwrap_or(current.clone());
@@ -108,7 +74,7 @@ impl Replicator {
             self.meta.delete_setting(PREVIOUS_PLACEMENT).await?;
         }
         {
-            let mut state = self.state_mut();
+            let mut state = change.state();
             state.rebalance = moving.then(|| RebalanceProgress::new(&complete, &new));
             state.previous = moving.then_some(complete);
             state.current = new;
@@ -179,9 +145,9 @@ impl Replicator {
 
         {
             let _admin = self.admin.lock().await;
-            let _gate = self.gate.write().await;
+            let change = self.cluster.change().await;
             let unchanged = {
-                let state = self.state();
+                let state = change.state();
                 state
                     .previous
                     .as_ref()
@@ -197,7 +163,7 @@ impl Replicator {
             // Writes stop going to the old owners: a write sent to one
             // before, arriving after its clean-up, must be refused.
             self.next_epoch().await?;
-            let mut state = self.state_mut();
+            let mut state = change.state();
             state.previous = None;
             if let Some(p) = state.rebalance.as_mut() {
                 p.phase = RebalancePhase::CleaningUp;
@@ -258,7 +224,7 @@ impl Replicator {
             }
         }
         self.meta.delete_setting(CLEANUP_PENDING).await?;
-        self.state_mut().rebalance = None;
+        self.cluster.progress(|progress| *progress = None);
         tracing::info!("rebalance complete");
         Ok(())
     }
@@ -277,15 +243,29 @@ impl Replicator {
     }
 
     fn update_progress(&self, update: impl FnOnce(&mut RebalanceProgress)) {
-        if let Some(progress) = self.state_mut().rebalance.as_mut() {
-            update(progress);
-        }
+        self.cluster.progress(|progress| {
+            if let Some(progress) = progress.as_mut() {
+                update(progress);
+            }
+        });
     }
 }
 
-/// Runs the mover in the background. It holds only a weak reference, so
-/// dropping the last `Arc<Replicator>` ends it; `stop_mover` ends it too.
-pub(super) fn spawn_mover(replicator: &Arc<Replicator>) {
+impl Replicator {
+    /// Runs the mover in the background. It holds only a weak reference,
+    /// so dropping the last `Arc<Replicator>` ends it; `stop_mover` ends it
+    /// too.
+    pub(super) fn spawn_mover(self: &Arc<Self>) {
+        spawn_mover_task(self);
+    }
+
+    pub(super) fn stop_mover(&self) {
+        self.mark_closed();
+        self.mover_wakeup.notify_one();
+    }
+}
+
+fn spawn_mover_task(replicator: &Arc<Replicator>) {
     let weak: Weak<Replicator> = Arc::downgrade(replicator);
     let wakeup = replicator.mover_wakeup.clone();
     tokio::spawn(async move {
@@ -318,9 +298,4 @@ pub(super) fn spawn_mover(replicator: &Arc<Replicator>) {
             }
         }
     });
-}
-
-pub(super) fn stop_mover(replicator: &Replicator) {
-    replicator.mark_closed();
-    replicator.mover_wakeup.notify_one();
 }

@@ -48,8 +48,8 @@ impl Replicator {
     pub async fn fail(&self, id: &NodeId) -> ReplicationResult<()> {
         self.node(id)?;
         {
-            let _gate = self.gate.write().await;
-            let mut state = self.state_mut();
+            let change = self.cluster.change().await;
+            let mut state = change.state();
             if state.reason(id) == Some(DownReason::Admin) {
                 return Err(ReplicationError::Conflict(format!(
                     "node {id} is already down"
@@ -68,8 +68,8 @@ impl Replicator {
         self.node(id)?;
         let _admin = self.admin.lock().await;
         {
-            let _gate = self.gate.write().await;
-            self.state_mut().set_recovering(id);
+            let change = self.cluster.change().await;
+            change.state().set_recovering(id);
         }
         self.recover_marked(id).await
     }
@@ -82,8 +82,8 @@ impl Replicator {
     ) -> ReplicationResult<Option<RecoveryReport>> {
         let _admin = self.admin.lock().await;
         {
-            let _gate = self.gate.write().await;
-            let mut state = self.state_mut();
+            let change = self.cluster.change().await;
+            let mut state = change.state();
             let down_by_itself = state.status(id) == Some(NodeStatus::Down)
                 && state.reason(id) != Some(DownReason::Admin);
             if !down_by_itself {
@@ -136,14 +136,14 @@ impl Replicator {
         }
         .await;
 
-        let _gate = self.gate.write().await;
-        let still_recovering = self.state().status(id) == Some(NodeStatus::Recovering);
+        let change = self.cluster.change().await;
+        let still_recovering = change.state().status(id) == Some(NodeStatus::Recovering);
         let result = match outcome {
             Ok(_) if !still_recovering => Err(ReplicationError::Conflict(format!(
                 "node {id} was failed again while recovering"
             ))),
             Ok((hints_replayed, repaired, removed)) => {
-                self.state_mut().set_up(id);
+                change.state().set_up(id);
                 Ok(RecoveryReport {
                     id: id.clone(),
                     status: NodeStatus::Up,
@@ -156,8 +156,7 @@ impl Replicator {
             Err(error) => {
                 // An operator's `fail` meanwhile stands.
                 if still_recovering {
-                    self.state_mut()
-                        .set_down(id, DownReason::of_recovery(&error));
+                    change.state().set_down(id, DownReason::of_recovery(&error));
                 }
                 tracing::error!(node = %id, %error, "recovery failed; the node stays down");
                 Err(error)

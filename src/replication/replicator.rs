@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::SystemTime;
 
 use futures::future::join_all;
@@ -11,25 +11,18 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::meta::MetaStore;
-use super::rebalance::RebalanceProgress;
-use super::state::{ClusterState, DownReason, NodeStatus};
+use super::meta::keys::{
+    CLOCK_HIGH_WATER, DOWN_NODES, EPOCH, INCARNATIONS, PLACEMENT, PREVIOUS_PLACEMENT,
+};
+use super::state::{
+    ClusterState, DownReason, GuardedState, InFlight, NodeStatus, RebalanceProgress,
+};
 use super::strategy::{Placement, PlacementSpec};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::{Key, Reading, Sample, SensorId};
 use crate::storage::{Incarnation, NodeId, Record, Scan, StorageError, StorageNode, StorageResult};
 use crate::version::{Clock, Version};
 
-pub(super) const PLACEMENT: &str = "placement";
-pub(super) const PREVIOUS_PLACEMENT: &str = "previous_placement";
-pub(super) const CLEANUP_PENDING: &str = "cleanup_pending";
-const DOWN_NODES: &str = "down_nodes";
-/// The incarnation each node's storage was last known by.
-const INCARNATIONS: &str = "incarnations";
-/// A version above every version this service has issued (see
-/// [`Replicator::persist_clock_high_water`]).
-const CLOCK_HIGH_WATER: &str = "clock_high_water";
-/// The settings epoch: counts placement changes (see [`Replicator::epoch`]).
-pub(super) const EPOCH: &str = "settings_epoch";
 /// How far ahead of the last issued version the durable high water is
 /// kept at least (see [`Replicator::persist_clock_high_water`]).
 pub(super) const MIN_CLOCK_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -87,10 +80,11 @@ struct WritePlan {
 
 pub struct Replicator {
     pub(super) nodes: BTreeMap<NodeId, Arc<dyn StorageNode>>,
-    pub(super) state: RwLock<ClusterState>,
-    pub(super) gate: tokio::sync::RwLock<()>,
+    /// Statuses and placements behind the write gate (see `state.rs`).
+    pub(super) cluster: GuardedState,
     /// Serializes administrative operations (recover, configure, finishing a
-    /// rebalance) so two of them never interleave their steps.
+    /// rebalance) so two of them never interleave their steps. Taken before
+    /// the gate, never while holding it.
     pub(super) admin: tokio::sync::Mutex<()>,
     pub(super) meta: MetaStore,
     pub(super) clock: Clock,
@@ -218,8 +212,7 @@ impl Replicator {
         let state = ClusterState::new(nodes.keys().cloned(), &down, current, previous, rebalance);
         let replicator = Arc::new(Self {
             nodes,
-            state: RwLock::new(state),
-            gate: tokio::sync::RwLock::new(()),
+            cluster: GuardedState::new(state),
             admin: tokio::sync::Mutex::new(()),
             meta,
             clock,
@@ -255,14 +248,7 @@ impl Replicator {
 
     /// Starts background work: the rebalance mover.
     pub fn start_background(self: &Arc<Self>) {
-        super::rebalance::spawn_mover(self);
-    }
-
-    /// Starts failure detection and automatic recovery (see `health.rs`):
-    /// a node silent for `failure_timeout` is marked down, and one that
-    /// answers again is recovered.
-    pub fn start_health(self: &Arc<Self>, failure_timeout: std::time::Duration) {
-        super::health::spawn(self, failure_timeout);
+        self.spawn_mover();
     }
 
     /// The settings epoch: it grows with every change of where writes go
@@ -325,8 +311,8 @@ impl Replicator {
     /// meant for it become hints from now on.
     pub(super) async fn mark_down(&self, id: &NodeId, reason: DownReason) {
         {
-            let _gate = self.gate.write().await;
-            let mut state = self.state_mut();
+            let change = self.cluster.change().await;
+            let mut state = change.state();
             if state.status(id) == Some(NodeStatus::Down) {
                 return;
             }
@@ -377,12 +363,9 @@ impl Replicator {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// The cluster state, for look-ups.
     pub(super) fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn state_mut(&self) -> RwLockWriteGuard<'_, ClusterState> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        self.cluster.read()
     }
 
     pub(super) fn node(&self, id: &NodeId) -> ReplicationResult<&Arc<dyn StorageNode>> {
@@ -484,7 +467,7 @@ impl Replicator {
         if records.is_empty() {
             return Ok(());
         }
-        let _gate = self.gate.read().await;
+        let in_flight = self.cluster.write_in_flight().await;
         let (plan, quorum) = self.plan_write(records)?;
 
         let stores = plan.stores.into_iter().map(|(id, records)| {
@@ -507,7 +490,10 @@ impl Replicator {
                 Ok(_) => {
                     succeeded.insert(id);
                 }
-                Err(error) => self.take_out_after_error(&id, records, error).await?,
+                Err(error) => {
+                    self.take_out_after_error(&in_flight, &id, records, error)
+                        .await?
+                }
             }
         }
         for voters in &plan.voter_sets {
@@ -566,6 +552,7 @@ impl Replicator {
     /// write is kept as a hint for it.
     async fn take_out_after_error(
         &self,
+        in_flight: &InFlight<'_>,
         id: &NodeId,
         records: Vec<Record>,
         error: StorageError,
@@ -573,7 +560,7 @@ impl Replicator {
         let reason = DownReason::of(&error);
         tracing::error!(node = %id, %error, reason = reason.as_str(),
             "storage node failed a write: taking it out of service until it is recovered");
-        self.state_mut().set_down(id, reason);
+        in_flight.take_down(id, reason);
         self.persist_down_nodes().await?;
         self.meta.add_hints(id, records).await?;
         Ok(())
@@ -850,8 +837,8 @@ impl Replicator {
     /// Stops background work, lets pending writes finish and closes every
     /// store. The replicator answers nothing afterwards.
     pub async fn close(&self) {
-        let _gate = self.gate.write().await;
-        super::rebalance::stop_mover(self);
+        let _no_writes = self.cluster.change().await;
+        self.stop_mover();
         for (id, node) in &self.nodes {
             if let Err(error) = node.close().await {
                 tracing::warn!(node = %id, %error, "closing storage node failed");

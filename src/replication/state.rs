@@ -1,18 +1,28 @@
-//! The cluster's state: each node's status (and why it is down), and the
-//! placements data is stored and read by.
+//! The cluster's state: each node's status (and why it is down), the
+//! placements data is stored and read by, and rebalance progress; and the
+//! two locks in front of it, whose order [`GuardedState`] keeps.
 //!
-//! It lives in one `std::sync::RwLock` in the replicator, held only for a
-//! few look-ups and never across an await; changes of status go through
-//! `set_up`, `set_recovering` and `set_down`, so a node's reason is present
-//! exactly while it is down.
-
+//! * `state` (a `std::sync::RwLock`) is held only for a few look-ups, never
+//!   across an await.
+//! * the *gate* (a `tokio::sync::RwLock<()>`) is held shared by every write
+//!   from "look at statuses" to "stored and hinted" ([`InFlight`]), and
+//!   exclusively by status and placement changes ([`Change`]), so a change
+//!   never lands in the middle of a write: a recovering node cannot miss a
+//!   hint written by a write that saw it down, and a rebalance never misses
+//!   a write made under the old placement.
+//!
+//! The only ways to change statuses and placements are [`Change::state`]
+//! (gate exclusive, then state) and [`InFlight::take_down`] (a write's own
+//! failed node, gate shared): the gate is always taken before the state,
+//! and nothing changes them without it. Rebalance progress is counters
+//! only, changed without the gate. Administrative operations take the
+//! replicator's `admin` mutex before either.
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
-use super::rebalance::RebalanceProgress;
-use super::strategy::Placement;
+use super::strategy::{Placement, ReplicationSettings};
 use crate::reading::SensorId;
 use crate::storage::{NodeId, StorageError};
 
@@ -159,5 +169,117 @@ impl ClusterState {
             }
         }
         holders
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebalancePhase {
+    /// Copying sensors to their new owners.
+    Moving,
+    /// Some node involved is not up; the move resumes when it is recovered.
+    WaitingForNodes,
+    /// Removing copies from nodes that no longer own them.
+    CleaningUp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RebalanceProgress {
+    pub from: ReplicationSettings,
+    pub to: ReplicationSettings,
+    pub phase: RebalancePhase,
+    pub sensors_total: u64,
+    pub sensors_moved: u64,
+    pub records_copied: u64,
+}
+
+impl RebalanceProgress {
+    pub(super) fn new(from: &Placement, to: &Placement) -> Self {
+        Self {
+            from: from.settings(),
+            to: to.settings(),
+            phase: RebalancePhase::Moving,
+            sensors_total: 0,
+            sensors_moved: 0,
+            records_copied: 0,
+        }
+    }
+}
+
+/// [`ClusterState`] behind the gate: see the module docs for the order.
+pub(super) struct GuardedState {
+    gate: tokio::sync::RwLock<()>,
+    state: RwLock<ClusterState>,
+}
+
+impl GuardedState {
+    pub fn new(state: ClusterState) -> Self {
+        Self {
+            gate: tokio::sync::RwLock::new(()),
+            state: RwLock::new(state),
+        }
+    }
+
+    /// For look-ups; never held across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held by a write from planning until it is stored and hinted.
+    pub async fn write_in_flight(&self) -> InFlight<'_> {
+        InFlight {
+            _gate: self.gate.read().await,
+            state: &self.state,
+        }
+    }
+
+    /// Waits until no write is in flight and keeps new ones out: the only
+    /// way to change statuses and placements.
+    pub async fn change(&self) -> Change<'_> {
+        Change {
+            _gate: self.gate.write().await,
+            state: &self.state,
+        }
+    }
+
+    /// Updates the rebalance progress (counters and phase, which no write
+    /// depends on: no gate needed).
+    pub fn progress(&self, update: impl FnOnce(&mut Option<RebalanceProgress>)) {
+        update(&mut self.write().rebalance);
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, ClusterState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A write in flight (the gate held shared).
+pub(super) struct InFlight<'a> {
+    _gate: tokio::sync::RwLockReadGuard<'a, ()>,
+    state: &'a RwLock<ClusterState>,
+}
+
+impl InFlight<'_> {
+    /// A node failed this write: it goes down at once, so the writes that
+    /// follow hint it. A recovery cannot start before this write has hinted
+    /// it too, since it needs the gate exclusively.
+    pub fn take_down(&self, id: &NodeId, reason: DownReason) {
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_down(id, reason);
+    }
+}
+
+/// No write in flight and none starting (the gate held exclusively).
+pub(super) struct Change<'a> {
+    _gate: tokio::sync::RwLockWriteGuard<'a, ()>,
+    state: &'a RwLock<ClusterState>,
+}
+
+impl Change<'_> {
+    /// The state, to change; never held across an await.
+    pub fn state(&self) -> RwLockWriteGuard<'_, ClusterState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 }
