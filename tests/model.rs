@@ -548,6 +548,12 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                 .store(replicator.epoch(), std::sync::atomic::Ordering::Relaxed);
         }
         let choice = rng.random_range(0..100);
+        // Faults take some of the wipes' and strategy changes' share: a
+        // change of placement makes every write delayed before it stale.
+        if run.faults() && (90..=93).contains(&choice) {
+            run.inject_fault(&mut rng).await;
+            continue;
+        }
         match choice {
             0..=34 => {
                 let batch: Vec<Reading> = (0..rng.random_range(1..12))
@@ -659,9 +665,6 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
                     }
                 }
             }
-            // Faults take some of the strategy changes' share: a change
-            // of placement makes every write delayed before it stale.
-            90..=93 if run.faults() => run.inject_fault(&mut rng).await,
             89..=90 => {
                 // A disk replaced by an empty one, safe only when every other
                 // node is up and settled and each reading has a second copy.
