@@ -1,4 +1,11 @@
-//! History aggregation (`/sensor/<id>/history` with `every` and `agg`). Pure functions over points in time order.
+//! History aggregation (`/sensor/<id>/history` with `every`, `agg` and
+//! `tz`). Pure functions over points in time order.
+//!
+//! Buckets start at multiples of `every` since the epoch in UTC, or, with a
+//! time zone, in that zone's local time ([`Buckets`]): `every=1d` buckets
+//! start at local midnight (so a day across a daylight-saving change holds
+//! 23 or 25 hours), and `1h` buckets at local hours (each hour of a repeated
+//! local hour its own bucket).
 //!
 //! `energy` integrates the value over time with the trapezoid rule, in
 //! unit·hours (W → Wh). A segment between two readings further apart than
@@ -8,11 +15,122 @@
 
 use std::collections::BTreeMap;
 
+use jiff::tz::TimeZone;
+use jiff::{RoundMode, Timestamp, Unit, ZonedRound};
 use serde::Serialize;
 
 use crate::reading::{InvalidInput, format_timestamp};
 
 const HOUR_MS: f64 = 3_600_000.0;
+const DAY_MS: i64 = 86_400_000;
+
+/// Where buckets of `every` start.
+#[derive(Debug, Clone)]
+pub enum Buckets {
+    /// At multiples of `every` since the epoch.
+    Utc { every_ms: i64 },
+    /// At multiples of `every` in `zone`'s local time: whole local days
+    /// (from local midnight) when `every` is a whole number of days,
+    /// otherwise local hours, minutes or seconds (`every` dividing the next
+    /// larger unit).
+    Local { every_ms: i64, zone: TimeZone },
+}
+
+impl Buckets {
+    /// Buckets of `every_ms` in `zone` (UTC when `None`). `every` must be a
+    /// whole number of days, or divide a day evenly, to follow a zone.
+    pub fn new(every_ms: i64, zone: Option<TimeZone>) -> Result<Self, InvalidInput> {
+        let Some(zone) = zone else {
+            return Ok(Self::Utc { every_ms });
+        };
+        if every_ms % DAY_MS != 0 && sub_day_unit(every_ms).is_none() {
+            return Err(InvalidInput::new(
+                "every",
+                "with tz, must be whole days or divide a day evenly (such as 15m, 1h, 6h)",
+            ));
+        }
+        Ok(Self::Local { every_ms, zone })
+    }
+
+    /// The start of the bucket holding `ts` (epoch ms).
+    pub fn start_of(&self, ts: i64) -> i64 {
+        match self {
+            Self::Utc { every_ms } => ts.div_euclid(*every_ms) * every_ms,
+            Self::Local { every_ms, zone } => {
+                local_start_of(ts, *every_ms, zone).unwrap_or(ts.div_euclid(*every_ms) * every_ms)
+            }
+        }
+    }
+
+    /// The start of the bucket after the one starting at `start`.
+    pub fn next_start(&self, start: i64) -> i64 {
+        match self {
+            Self::Utc { every_ms } => start + every_ms,
+            Self::Local { every_ms, .. } => {
+                // A local bucket is within an hour or two of `every` long
+                // (daylight saving): look past its nominal end until the
+                // bucket changes.
+                let mut probe = start + every_ms;
+                while self.start_of(probe) <= start {
+                    probe += HOUR_MS as i64;
+                }
+                let mut end = self.start_of(probe);
+                while end > start + 1 && self.start_of(end - 1) > start {
+                    end = self.start_of(end - 1);
+                }
+                end
+            }
+        }
+    }
+
+    fn every_ms(&self) -> i64 {
+        match self {
+            Self::Utc { every_ms } | Self::Local { every_ms, .. } => *every_ms,
+        }
+    }
+}
+
+/// `every` as a unit and an increment that divides the next larger unit
+/// (hours of a day, minutes of an hour, seconds of a minute).
+fn sub_day_unit(every_ms: i64) -> Option<(Unit, i64)> {
+    let (unit, increment, per_next) = if every_ms % 3_600_000 == 0 {
+        (Unit::Hour, every_ms / 3_600_000, 24)
+    } else if every_ms % 60_000 == 0 {
+        (Unit::Minute, every_ms / 60_000, 60)
+    } else if every_ms % 1_000 == 0 {
+        (Unit::Second, every_ms / 1_000, 60)
+    } else {
+        return None;
+    };
+    (per_next % increment == 0).then_some((unit, increment))
+}
+
+/// The local bucket start of `ts`: its local day (or run of days) floored
+/// from the civil epoch, or its local time truncated to `every`, resolving
+/// a repeated local time with the offset `ts` itself has.
+fn local_start_of(ts: i64, every_ms: i64, zone: &TimeZone) -> Option<i64> {
+    let zoned = Timestamp::from_millisecond(ts).ok()?.to_zoned(zone.clone());
+    let start = if every_ms % DAY_MS == 0 {
+        let days = every_ms / DAY_MS;
+        let epoch = jiff::civil::date(1970, 1, 1);
+        let since = (zoned.date() - epoch).get_days() as i64;
+        let floored = epoch
+            .checked_add(jiff::Span::new().days(since.div_euclid(days) * days))
+            .ok()?;
+        floored.to_zoned(zone.clone()).ok()?
+    } else {
+        let (unit, increment) = sub_day_unit(every_ms)?;
+        zoned
+            .round(
+                ZonedRound::new()
+                    .smallest(unit)
+                    .increment(increment)
+                    .mode(RoundMode::Trunc),
+            )
+            .ok()?
+    };
+    Some(start.timestamp().as_millisecond())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Aggregate {
@@ -117,7 +235,7 @@ pub struct TooManyBuckets;
 /// left out, except that `energy` also reports buckets a bridged segment
 /// crossed. Memory: the buckets, whatever the number of points.
 pub struct Aggregator {
-    every_ms: i64,
+    buckets_of: Buckets,
     agg: Aggregate,
     max_gap_ms: i64,
     buckets: BTreeMap<i64, Accumulator>,
@@ -125,9 +243,9 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(every_ms: i64, agg: Aggregate, max_gap_ms: i64) -> Self {
+    pub fn new(buckets_of: Buckets, agg: Aggregate, max_gap_ms: i64) -> Self {
         Self {
-            every_ms,
+            buckets_of,
             agg,
             max_gap_ms,
             buckets: BTreeMap::new(),
@@ -136,7 +254,7 @@ impl Aggregator {
     }
 
     fn start_of(&self, ts: i64) -> i64 {
-        ts.div_euclid(self.every_ms) * self.every_ms
+        self.buckets_of.start_of(ts)
     }
 
     /// Whether `more` new buckets still fit.
@@ -178,13 +296,16 @@ impl Aggregator {
         if t1 <= t0 || t1 - t0 > self.max_gap_ms {
             return Ok(());
         }
-        let crossed = ((self.start_of(t1) - self.start_of(t0)) / self.every_ms) as usize;
+        // At most one more than the nominal count: local buckets can be
+        // shorter than `every` by a daylight-saving shift.
+        let every_ms = self.buckets_of.every_ms();
+        let crossed = ((self.start_of(t1) - self.start_of(t0)) / every_ms) as usize + 1;
         self.room_for(crossed)?;
         let value_at = |t: i64| v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64;
         let mut from = t0;
         while from < t1 {
             let start = self.start_of(from);
-            let to = (start + self.every_ms).min(t1);
+            let to = self.buckets_of.next_start(start).min(t1);
             let area = (value_at(from) + value_at(to)) / 2.0 * (to - from) as f64 / HOUR_MS;
             self.buckets.entry(start).or_default().energy += area;
             from = to;
@@ -216,11 +337,11 @@ impl Aggregator {
 /// [`Aggregator`] over points given at once, in time order.
 pub fn aggregate(
     points: &[(i64, f64)],
-    every_ms: i64,
+    buckets_of: Buckets,
     agg: Aggregate,
     max_gap_ms: i64,
 ) -> Result<Vec<Bucket>, TooManyBuckets> {
-    let mut aggregator = Aggregator::new(every_ms, agg, max_gap_ms);
+    let mut aggregator = Aggregator::new(buckets_of, agg, max_gap_ms);
     for &(ts, value) in points {
         aggregator.push(ts, value)?;
     }
@@ -232,6 +353,110 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+
+    fn utc(every_ms: i64) -> Buckets {
+        Buckets::Utc { every_ms }
+    }
+
+    fn zone(name: &str) -> Option<TimeZone> {
+        Some(TimeZone::get(name).expect("a known zone"))
+    }
+
+    fn ms(rfc3339: &str) -> i64 {
+        rfc3339
+            .parse::<Timestamp>()
+            .expect("a timestamp")
+            .as_millisecond()
+    }
+
+    /// Starts of the buckets, in order, that hourly points from `from` for
+    /// `hours` hours fall into.
+    fn starts(buckets: &Buckets, from: &str, hours: i64) -> Vec<i64> {
+        let points: Vec<(i64, f64)> = (0..hours).map(|h| (ms(from) + h * HOUR, 1.0)).collect();
+        aggregate(&points, buckets.clone(), Aggregate::Count, HOUR)
+            .expect("within the cap")
+            .iter()
+            .map(|b| b.timestamp)
+            .collect()
+    }
+
+    #[test]
+    fn daily_buckets_start_at_local_midnight_across_daylight_saving() {
+        let rome = Buckets::new(DAY_MS, zone("Europe/Rome")).expect("days");
+        // 2025-03-30 has 23 hours in Rome, 2025-10-26 has 25.
+        assert_eq!(
+            starts(&rome, "2025-03-29T12:00:00Z", 48),
+            vec![
+                ms("2025-03-28T23:00:00Z"),
+                ms("2025-03-29T23:00:00Z"),
+                ms("2025-03-30T22:00:00Z")
+            ]
+        );
+        assert_eq!(
+            starts(&rome, "2025-10-26T00:00:00Z", 25),
+            vec![ms("2025-10-25T22:00:00Z"), ms("2025-10-26T23:00:00Z")]
+        );
+        let counts = aggregate(
+            &(0..49)
+                .map(|h| (ms("2025-10-25T22:00:00Z") + h * HOUR, 1.0))
+                .collect::<Vec<_>>(),
+            rome,
+            Aggregate::Count,
+            HOUR,
+        )
+        .expect("within the cap");
+        assert_eq!(counts[0].count, 25, "the day the clocks go back");
+        // In UTC the same points fall at UTC midnights.
+        assert_eq!(
+            starts(&utc(DAY_MS), "2025-03-29T12:00:00Z", 24),
+            vec![ms("2025-03-29T00:00:00Z"), ms("2025-03-30T00:00:00Z")]
+        );
+    }
+
+    #[test]
+    fn hourly_buckets_follow_local_hours_and_keep_a_repeated_hour_apart() {
+        // India is 5:30 ahead: local hours start at :30 UTC.
+        let kolkata = Buckets::new(HOUR, zone("Asia/Kolkata")).expect("hours");
+        assert_eq!(
+            starts(&kolkata, "2025-01-01T00:00:00Z", 2),
+            vec![ms("2024-12-31T23:30:00Z"), ms("2025-01-01T00:30:00Z")]
+        );
+        // Rome's 02:00-03:00 happens twice on 2025-10-26: two buckets.
+        let rome = Buckets::new(HOUR, zone("Europe/Rome")).expect("hours");
+        assert_eq!(
+            starts(&rome, "2025-10-25T23:00:00Z", 4),
+            (0..4)
+                .map(|h| ms("2025-10-25T23:00:00Z") + h * HOUR)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn energy_splits_at_local_midnight() {
+        // 100 W from 20:00 to 04:00 UTC; Rome's midnight is 23:00 UTC.
+        let rome = Buckets::new(DAY_MS, zone("Europe/Rome")).expect("days");
+        let points = [
+            (ms("2025-01-01T20:00:00Z"), 100.0),
+            (ms("2025-01-02T04:00:00Z"), 100.0),
+        ];
+        let energy: Vec<f64> = aggregate(&points, rome, Aggregate::Energy, 12 * HOUR)
+            .expect("within the cap")
+            .iter()
+            .map(|b| b.value)
+            .collect();
+        assert_eq!(energy, vec![300.0, 500.0]);
+    }
+
+    #[test]
+    fn zoned_every_must_fit_local_units() {
+        for every in [7 * MIN, 90 * MIN, 5 * HOUR, 1_500] {
+            assert!(Buckets::new(every, zone("Europe/Rome")).is_err(), "{every}");
+        }
+        for every in [MIN, 15 * MIN, HOUR, 6 * HOUR, DAY_MS, 7 * DAY_MS] {
+            assert!(Buckets::new(every, zone("Europe/Rome")).is_ok(), "{every}");
+        }
+    }
 
     #[test]
     fn durations() {
@@ -247,7 +472,7 @@ mod tests {
     fn statistics_per_bucket() {
         let points = [(0, 1.0), (MIN / 2, 3.0), (MIN, 10.0), (3 * MIN, 4.0)];
         let values = |agg| {
-            aggregate(&points, MIN, agg, 15 * MIN)
+            aggregate(&points, utc(MIN), agg, 15 * MIN)
                 .expect("within the cap")
                 .iter()
                 .map(|b| (b.timestamp, b.value, b.count))
@@ -269,14 +494,14 @@ mod tests {
         // A steady 1,000 W for two hours, sampled every 30 minutes: 1 kWh per hour.
         let points: Vec<(i64, f64)> = (0..=4).map(|i| (i * 30 * MIN, 1_000.0)).collect();
         let buckets =
-            aggregate(&points, 60 * MIN, Aggregate::Energy, 60 * MIN).expect("within the cap");
+            aggregate(&points, utc(60 * MIN), Aggregate::Energy, 60 * MIN).expect("within the cap");
         let energy: Vec<f64> = buckets.iter().map(|b| b.value).collect();
         assert_eq!(energy, vec![1_000.0, 1_000.0, 0.0]);
         // A ramp 0 → 100 W over one hour is 50 Wh, split at the half hour
         // into 12.5 Wh and 37.5 Wh.
         let ramp = aggregate(
             &[(0, 0.0), (60 * MIN, 100.0)],
-            30 * MIN,
+            utc(30 * MIN),
             Aggregate::Energy,
             60 * MIN,
         )
@@ -290,7 +515,7 @@ mod tests {
     #[test]
     fn energy_does_not_bridge_long_gaps() {
         let points = [(0, 100.0), (15 * MIN, 100.0), (120 * MIN, 100.0)];
-        let total: f64 = aggregate(&points, 60 * MIN, Aggregate::Energy, 15 * MIN)
+        let total: f64 = aggregate(&points, utc(60 * MIN), Aggregate::Energy, 15 * MIN)
             .expect("within the cap")
             .iter()
             .map(|b| b.value)
@@ -304,19 +529,19 @@ mod tests {
         // fit, a million do not.
         let day = 86_400_000;
         let points = [(0, 1.0), (day, 1.0)];
-        let fits = aggregate(&points, 1_000, Aggregate::Energy, 2 * day).expect("fits");
+        let fits = aggregate(&points, utc(1_000), Aggregate::Energy, 2 * day).expect("fits");
         assert_eq!(fits.len(), 86_401);
         let eleven_days = [(0, 1.0), (11 * day, 1.0)];
         assert_eq!(
-            aggregate(&eleven_days, 1_000, Aggregate::Energy, 12 * day),
+            aggregate(&eleven_days, utc(1_000), Aggregate::Energy, 12 * day),
             Err(TooManyBuckets)
         );
         // Without energy, each reading's own bucket counts.
         let many: Vec<(i64, f64)> = (0..=MAX_BUCKETS as i64).map(|i| (i * 1_000, 1.0)).collect();
         assert_eq!(
-            aggregate(&many, 1_000, Aggregate::Mean, MIN),
+            aggregate(&many, utc(1_000), Aggregate::Mean, MIN),
             Err(TooManyBuckets)
         );
-        assert!(aggregate(&many[1..], 1_000, Aggregate::Mean, MIN).is_ok());
+        assert!(aggregate(&many[1..], utc(1_000), Aggregate::Mean, MIN).is_ok());
     }
 }

@@ -589,6 +589,59 @@ async fn history_ranges_aggregates_and_csv() {
 }
 
 #[tokio::test]
+async fn daily_history_in_a_time_zone_starts_at_local_midnight() {
+    let (_dir, s) = service();
+    // A reading an hour from 2025-03-29T12:00Z for two days: Rome moves its
+    // clocks forward on the 30th, a day of 23 hours.
+    let first = 1_743_249_600_000;
+    let batch: Vec<Value> = (0..48)
+        .map(|h| reading("meter", first + h * 60 * MIN, 1.0))
+        .collect();
+    ingest(&s, Value::Array(batch)).await;
+
+    let (status, days) = s
+        .get("/sensor/meter/history?every=1d&agg=count&tz=Europe/Rome")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{days}");
+    let starts_and_counts: Vec<(&str, f64)> = days
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|b| {
+            (
+                b["timestamp"].as_str().expect("ts"),
+                b["value"].as_f64().expect("v"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        starts_and_counts,
+        vec![
+            ("2025-03-28T23:00:00.000Z", 11.0),
+            ("2025-03-29T23:00:00.000Z", 23.0),
+            ("2025-03-30T22:00:00.000Z", 14.0),
+        ]
+    );
+    let (_, utc) = s.get("/sensor/meter/history?every=1d&agg=count").await;
+    assert_eq!(utc[0]["timestamp"], "2025-03-29T00:00:00.000Z");
+
+    for bad in [
+        "every=1d&tz=Mars/Olympus",
+        "tz=Europe/Rome",
+        "every=90m&tz=Europe/Rome",
+    ] {
+        let (status, body) = s.get(&format!("/sensor/meter/history?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("tz") || e.contains("every")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_spec_alert_example_end_to_end() {
     let (_dir, s) = service();
     let (status, threshold) = s

@@ -101,6 +101,10 @@ pub enum Command {
         /// mean, min, max, sum, count, last or energy.
         #[arg(long)]
         agg: Option<String>,
+        /// Buckets in this IANA time zone's local time (Europe/Rome):
+        /// `--every 1d` then starts at local midnight.
+        #[arg(long)]
+        tz: Option<String>,
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -361,12 +365,14 @@ fn build(command: Command) -> Option<Call> {
             to,
             every,
             agg,
+            tz,
             limit,
         } => Call::new(M::GET, format!("/sensor/{}/history", segment(&sensor_id)))
             .query("from", from)
             .query("to", to)
             .query("every", every)
             .query("agg", agg)
+            .query("tz", tz)
             .query("limit", limit),
         Command::Threshold {
             sensor_id,

@@ -184,7 +184,9 @@ pub async fn history(
     let sensor: SensorId = sensor.parse()?;
     let q = QueryParams::parse(
         query.as_deref(),
-        &["from", "to", "limit", "every", "agg", "max_gap", "format"],
+        &[
+            "from", "to", "limit", "every", "agg", "max_gap", "format", "tz",
+        ],
     )?;
     let csv = match q.text("format") {
         None | Some("json") => false,
@@ -204,6 +206,16 @@ pub async fn history(
         .map(|g| history::parse_duration("max_gap", g))
         .transpose()?
         .unwrap_or(DEFAULT_MAX_GAP_MS);
+    let zone = q
+        .text("tz")
+        .map(|name| {
+            jiff::tz::TimeZone::get(name)
+                .map_err(|_| ApiError::bad("tz", "must be an IANA time zone such as Europe/Rome"))
+        })
+        .transpose()?;
+    if zone.is_some() && every.is_none() {
+        return Err(ApiError::bad("tz", "is used with every (e.g. every=1d)"));
+    }
     if agg.is_some() && every.is_none() {
         return Err(ApiError::bad(
             "every",
@@ -241,8 +253,9 @@ pub async fn history(
                     limit: history::MAX_BUCKETS,
                 });
             }
+            let buckets = history::Buckets::new(every, zone)?;
             let aggregator =
-                history::Aggregator::new(every, agg.unwrap_or(Aggregate::Mean), max_gap);
+                history::Aggregator::new(buckets, agg.unwrap_or(Aggregate::Mean), max_gap);
             let mut buckets = aggregate_pages(&state, range, aggregator).await?;
             buckets.truncate(limit);
             Ok(if csv {
