@@ -12,7 +12,8 @@
 //!   for tests), knowing nothing of replication.
 //! * [`alerts`] turns readings into alert episodes (a pure state machine)
 //!   and keeps thresholds and alert history durable.
-//! * [`http`] serves the REST API; [`server`] wires everything together
+//! * [`http`] serves the REST API and [`console`] the web console on the
+//!   same port; [`server`] wires everything together
 //!   from a [`config::Config`]; [`cli`] is the command-line client.
 //! * [`version`] issues the write versions that make replicas converge;
 //!   [`history`] aggregates a sensor's history into buckets.
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod history;
 pub mod http;
 pub mod ingest;

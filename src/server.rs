@@ -180,6 +180,7 @@ pub async fn run(
         metrics: metrics_handle(),
         mqtt: Some(mqtt.status.clone()),
         key_counts: key_counts.clone(),
+        sessions: Arc::new(crate::console::Sessions::new(tls.is_some())),
     });
     let app = router(state, config.http.max_body_bytes)
         .layer(serve::body_idle_timeout(BODY_IDLE_TIMEOUT));

@@ -50,6 +50,8 @@ pub struct Services {
     pub mqtt: Option<Arc<crate::mqtt::ConsumerStatus>>,
     /// Node key counts for `/metrics`, taken at most every few seconds.
     pub key_counts: Arc<admin::KeyCounts>,
+    /// The web console's signed-in sessions.
+    pub sessions: Arc<crate::console::Sessions>,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/replica_nodes/{key}", get(admin::replica_nodes))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -37,6 +37,16 @@ pub enum NodeStatus {
     Recovering,
 }
 
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Recovering => "recovering",
+        }
+    }
+}
+
 /// Why a node is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

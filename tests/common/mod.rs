@@ -2,6 +2,7 @@
 //! each in its own temporary directory, and small constructors.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mosquitto;
 pub mod mqtt_client;
 pub mod mqtt_scenarios;

@@ -1,0 +1,187 @@
+//! A headless Chromium driven through WebDriver (`chromedriver`, started on
+//! a free port, killed on drop) for the console's browser tests.
+//!
+//! The browser is required: without `chromium` and `chromium-driver`
+//! (Debian's packages; `.ci/run` installs them) the tests fail, saying so.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::service::free_port;
+use super::wait_until;
+
+const CHROMEDRIVER: &str = "chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+    /// Where screenshots go.
+    pub shots: PathBuf,
+}
+
+impl Browser {
+    /// A browser window `width` × `height` CSS pixels, saving screenshots
+    /// under `shots`.
+    pub async fn start(width: u32, height: u32, shots: &Path) -> Self {
+        let port = free_port();
+        // In a process group of its own, so that dropping the browser ends
+        // chromium too, whatever state the test left the session in.
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {CHROMEDRIVER} ({e}): install Debian's chromium and chromium-driver"
+                )
+            });
+        let url = format!("http://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        let mut options = serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--hide-scrollbars",
+                format!("--window-size={width},{height}"),
+            ],
+        });
+        // A window is at least 500 pixels wide: narrower is a phone's
+        // viewport, emulated.
+        if width < 500 {
+            options["mobileEmulation"] = serde_json::json!({
+                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0},
+            });
+        }
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("goog:chromeOptions".into(), options);
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .expect("a chromium session through chromedriver");
+        std::fs::create_dir_all(shots).expect("screenshot directory");
+        Self {
+            client,
+            driver,
+            shots: shots.to_path_buf(),
+        }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("navigate");
+    }
+
+    /// The text of the first element `css` selects.
+    pub async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .text()
+            .await
+            .expect("text")
+    }
+
+    pub async fn exists(&self, css: &str) -> bool {
+        !self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("find")
+            .is_empty()
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .expect("click");
+    }
+
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .send_keys(text)
+            .await
+            .expect("type");
+    }
+
+    pub async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .expect("url")
+            .path()
+            .to_string()
+    }
+
+    /// The viewport's width in CSS pixels.
+    pub async fn viewport_width(&self) -> u64 {
+        self.client
+            .execute("return window.innerWidth;", vec![])
+            .await
+            .expect("script")
+            .as_u64()
+            .expect("a width")
+    }
+
+    /// Whether the page is wider than the window (a horizontal scroll).
+    pub async fn scrolls_sideways(&self) -> bool {
+        let js = "return document.documentElement.scrollWidth > window.innerWidth;";
+        self.client
+            .execute(js, vec![])
+            .await
+            .expect("script")
+            .as_bool()
+            .expect("a boolean")
+    }
+
+    /// Every resource the page loaded, as the browser's performance
+    /// entries name them, plus the page itself.
+    pub async fn loaded_urls(&self) -> Vec<String> {
+        let js = "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name));";
+        self.client
+            .execute(js, vec![])
+            .await
+            .expect("script")
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Saves a PNG of the window as `<shots>/<name>.png`.
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.expect("screenshot");
+        let path = self.shots.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("save screenshot");
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.driver.wait();
+    }
+}
