@@ -38,14 +38,14 @@ async fn sign_in_overview_and_nodes_as_admin_and_as_reader() {
 
     // Any console page leads to the login form first.
     browser.goto(&format!("{}/", service.url)).await;
-    assert_eq!(browser.path().await, "/ui/login");
+    browser.wait_for_path("/ui/login").await;
     browser.screenshot("login").await;
     sign_in(&browser, &service, "not-a-token-of-this-service").await;
-    assert_eq!(browser.path().await, "/ui/login");
+    browser.wait_for_path("/ui/login").await;
     assert!(browser.text(".error").await.contains("not valid"));
 
     sign_in(&browser, &service, ADMIN_TOKEN).await;
-    assert_eq!(browser.path().await, "/ui/");
+    browser.wait_for_path("/ui/").await;
     assert_eq!(browser.text("#nodes .value").await, "3 / 3");
     assert_eq!(browser.text("#health .value").await, "ok");
     assert_eq!(browser.text("#mqtt .value").await, "consuming");
@@ -69,9 +69,9 @@ async fn sign_in_overview_and_nodes_as_admin_and_as_reader() {
     assert!(keys >= 1, "the reading is on some node");
     assert_eq!(keys, stored, "the page shows what the nodes hold");
     browser.click("#node-node2 a.button").await;
-    assert_eq!(browser.path().await, "/ui/nodes/node2/fail");
+    browser.wait_for_path("/ui/nodes/node2/fail").await;
     browser.click("#confirm").await;
-    assert_eq!(browser.path().await, "/ui/nodes");
+    browser.wait_for_path("/ui/nodes").await;
     assert_eq!(browser.text("#node-node2 .status").await, "down (admin)");
     browser.screenshot("nodes").await;
     browser.click("#node-node2 a.button").await;
@@ -85,12 +85,13 @@ async fn sign_in_overview_and_nodes_as_admin_and_as_reader() {
 
     // Sign out: the pages are closed again.
     browser.click(".signout button").await;
-    assert_eq!(browser.path().await, "/ui/login");
+    browser.wait_for_path("/ui/login").await;
     browser.goto(&format!("{}/ui/nodes", service.url)).await;
-    assert_eq!(browser.path().await, "/ui/login");
+    browser.wait_for_path("/ui/login").await;
 
     // A reader sees the nodes but is offered no action, and none is taken.
     sign_in(&browser, &service, READ_TOKEN).await;
+    browser.wait_for_path("/ui/").await;
     browser.goto(&format!("{}/ui/nodes", service.url)).await;
     assert!(browser.exists("#node-node2").await);
     assert!(!browser.exists("#node-node2 a.button").await);
@@ -114,6 +115,7 @@ async fn the_console_reads_well_at_390_pixels_wide() {
     let service = Service::start_in(dir.path(), "");
     let browser = Browser::start(390, 844, &shots_dir(dir.path())).await;
     sign_in(&browser, &service, ADMIN_TOKEN).await;
+    browser.wait_for_path("/ui/").await;
     assert_eq!(browser.viewport_width().await, 390);
     for (page, name) in [("/ui/", "overview-390"), ("/ui/nodes", "nodes-390")] {
         browser.goto(&format!("{}{page}", service.url)).await;

@@ -17,6 +17,8 @@ use super::wait_until;
 
 const CHROMEDRIVER: &str = "chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// How long an element or a navigation is waited for.
+const WAIT: Duration = Duration::from_secs(15);
 
 pub struct Browser {
     pub client: Client,
@@ -84,15 +86,23 @@ impl Browser {
         self.client.goto(url).await.expect("navigate");
     }
 
+    /// The first element `css` selects, waiting up to [`WAIT`] for it.
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        match self
+            .client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(element) => element,
+            Err(e) => panic!("no {css} on {}: {e}", self.path().await),
+        }
+    }
+
     /// The text of the first element `css` selects.
     pub async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .expect("text")
+        self.element(css).await.text().await.expect("text")
     }
 
     pub async fn exists(&self, css: &str) -> bool {
@@ -105,23 +115,11 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .expect("click");
+        self.element(css).await.click().await.expect("click");
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .send_keys(text)
-            .await
-            .expect("type");
+        self.element(css).await.send_keys(text).await.expect("type");
     }
 
     pub async fn path(&self) -> String {
@@ -131,6 +129,21 @@ impl Browser {
             .expect("url")
             .path()
             .to_string()
+    }
+
+    /// Waits until the browser shows `path`: a click's navigation can end
+    /// after the click is answered.
+    pub async fn wait_for_path(&self, path: &str) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.path().await != path {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still on {} instead of {path}",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.element("body").await;
     }
 
     /// The viewport's width in CSS pixels.
