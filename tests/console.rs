@@ -17,6 +17,13 @@ fn shots_dir(dir: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|| dir.join("shots"))
 }
 
+/// No action was taken: every node is still up.
+async fn assert_all_nodes_up(service: &Service) {
+    let (_, nodes) = service.get("/nodes_status").await;
+    let nodes = nodes.as_array().expect("nodes");
+    assert!(nodes.iter().all(|n| n["status"] == "up"), "{nodes:?}");
+}
+
 async fn sign_in(browser: &Browser, service: &Service, token: &str) {
     browser.goto(&format!("{}/ui/login", service.url)).await;
     browser.type_into("#token", token).await;
@@ -99,14 +106,7 @@ async fn sign_in_overview_and_nodes_as_admin_and_as_reader() {
         .goto(&format!("{}/ui/nodes/node2/fail", service.url))
         .await;
     assert!(browser.text(".error").await.contains("may not"));
-    let (_, nodes) = service.get("/nodes_status").await;
-    assert!(
-        nodes
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .all(|n| n["status"] == "up")
-    );
+    assert_all_nodes_up(&service).await;
 }
 
 #[tokio::test]
@@ -170,12 +170,5 @@ async fn actions_from_another_origin_are_refused() {
         .await
         .expect("request");
     assert_eq!(forged.status(), 403);
-    let (_, nodes) = service.get("/nodes_status").await;
-    assert!(
-        nodes
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .all(|n| n["status"] == "up")
-    );
+    assert_all_nodes_up(&service).await;
 }

@@ -146,38 +146,30 @@ impl Browser {
         self.element("body").await;
     }
 
+    /// What `js` (a function body) returns, run in the page.
+    async fn script(&self, js: &str) -> serde_json::Value {
+        self.client.execute(js, vec![]).await.expect("script")
+    }
+
     /// The viewport's width in CSS pixels.
     pub async fn viewport_width(&self) -> u64 {
-        self.client
-            .execute("return window.innerWidth;", vec![])
-            .await
-            .expect("script")
-            .as_u64()
-            .expect("a width")
+        let width = self.script("return window.innerWidth;").await;
+        width.as_u64().expect("a width")
     }
 
     /// Whether the page is wider than the window (a horizontal scroll).
     pub async fn scrolls_sideways(&self) -> bool {
         let js = "return document.documentElement.scrollWidth > window.innerWidth;";
-        self.client
-            .execute(js, vec![])
-            .await
-            .expect("script")
-            .as_bool()
-            .expect("a boolean")
+        self.script(js).await.as_bool().expect("a boolean")
     }
 
     /// Every resource the page loaded, as the browser's performance
     /// entries name them, plus the page itself.
     pub async fn loaded_urls(&self) -> Vec<String> {
         let js = "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name));";
-        self.client
-            .execute(js, vec![])
-            .await
-            .expect("script")
-            .as_array()
-            .expect("a list")
-            .iter()
+        let urls = self.script(js).await;
+        let urls = urls.as_array().expect("a list");
+        urls.iter()
             .filter_map(|u| u.as_str().map(str::to_string))
             .collect()
     }
