@@ -224,23 +224,17 @@ mod tests {
             map
         };
         let host = ("host", "127.0.0.1:5000");
-        assert!(same_origin(&headers(&[
-            host,
-            ("origin", "http://127.0.0.1:5000")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("origin", "http://evil.example")
-        ])));
-        assert!(!same_origin(&headers(&[host, ("origin", "null")])));
-        assert!(same_origin(&headers(&[
-            host,
-            ("sec-fetch-site", "same-origin")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("sec-fetch-site", "cross-site")
-        ])));
-        assert!(!same_origin(&headers(&[host])));
+        let cases: [(Option<(&str, &str)>, bool); 6] = [
+            (Some(("origin", "http://127.0.0.1:5000")), true),
+            (Some(("origin", "http://evil.example")), false),
+            (Some(("origin", "null")), false),
+            (Some(("sec-fetch-site", "same-origin")), true),
+            (Some(("sec-fetch-site", "cross-site")), false),
+            (None, false),
+        ];
+        for (from, allowed) in cases {
+            let pairs: Vec<(&str, &str)> = std::iter::once(host).chain(from).collect();
+            assert_eq!(same_origin(&headers(&pairs)), allowed, "{from:?}");
+        }
     }
 }
