@@ -240,6 +240,9 @@ pub struct Aggregator {
     max_gap_ms: i64,
     buckets: BTreeMap<i64, Accumulator>,
     previous: Option<(i64, f64)>,
+    /// The last bucket looked up, `[start, end)`: points come in time
+    /// order, so most fall in it and need no time-zone arithmetic.
+    last_bucket: Option<(i64, i64)>,
 }
 
 impl Aggregator {
@@ -250,11 +253,19 @@ impl Aggregator {
             max_gap_ms,
             buckets: BTreeMap::new(),
             previous: None,
+            last_bucket: None,
         }
     }
 
-    fn start_of(&self, ts: i64) -> i64 {
-        self.buckets_of.start_of(ts)
+    fn start_of(&mut self, ts: i64) -> i64 {
+        if let Some((start, end)) = self.last_bucket
+            && (start..end).contains(&ts)
+        {
+            return start;
+        }
+        let start = self.buckets_of.start_of(ts);
+        self.last_bucket = Some((start, self.buckets_of.next_start(start)));
+        start
     }
 
     /// Whether `more` new buckets still fit.
@@ -305,7 +316,10 @@ impl Aggregator {
         let mut from = t0;
         while from < t1 {
             let start = self.start_of(from);
-            let to = self.buckets_of.next_start(start).min(t1);
+            let end = self
+                .last_bucket
+                .map_or_else(|| self.buckets_of.next_start(start), |(_, end)| end);
+            let to = end.min(t1);
             let area = (value_at(from) + value_at(to)) / 2.0 * (to - from) as f64 / HOUR_MS;
             self.buckets.entry(start).or_default().energy += area;
             from = to;
