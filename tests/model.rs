@@ -39,7 +39,9 @@ use common::*;
 use energyguard::reading::SensorId;
 use energyguard::reading::{Key, Reading, Sample};
 use energyguard::replication::Replicator;
-use energyguard::replication::{NodeStatus, ReplicationError, ReplicationSettings, StrategyKind};
+use energyguard::replication::{
+    NodeStatus, Placement, ReplicationError, ReplicationSettings, StrategyKind,
+};
 use energyguard::storage::memory::MemoryNode;
 use energyguard::storage::{
     DigestRequest, Incarnation, NodeId, NodeStats, RangeDigest, Record, Scan, StorageError,
@@ -761,19 +763,12 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
         replicas.push((id.clone(), held));
     }
     // Replicas agree: every pair of nodes holds the same records for the
-    // sensors both own.
-    for (a, held_a) in &replicas {
-        for (b, held_b) in &replicas {
-            let both = |k: &&Key| {
-                let owners = placement.replicas(&k.sensor);
-                owners.contains(a) && owners.contains(b)
-            };
-            let on_a: Vec<_> = held_a.iter().filter(|(k, _)| both(k)).collect();
-            let on_b: Vec<_> = held_b.iter().filter(|(k, _)| both(k)).collect();
-            assert_eq!(on_a, on_b, "seed {seed}: replicas {a} and {b} differ");
-        }
-    }
-    // ... down to versions and tombstones: their digests are equal.
+    // sensors both own, and the same digests, down to versions and tombstones.
+    let records: Vec<_> = replicas
+        .into_iter()
+        .map(|(id, held)| (id, held.into_iter().collect::<Vec<_>>()))
+        .collect();
+    assert_replicas_agree(&placement, &records, |(k, _)| &k.sensor, "records", seed);
     let mut digests = Vec::new();
     for (id, node) in &run.nodes.all {
         let of_node = node
@@ -782,17 +777,7 @@ async fn run(seed: u64, ops: usize, replicator: Arc<Replicator>, nodes: Nodes) {
             .expect("digests");
         digests.push((id.clone(), of_node));
     }
-    for (a, digests_a) in &digests {
-        for (b, digests_b) in &digests {
-            let both = |d: &&RangeDigest| {
-                let owners = placement.replicas(&d.sensor);
-                owners.contains(a) && owners.contains(b)
-            };
-            let on_a: Vec<_> = digests_a.iter().filter(both).collect();
-            let on_b: Vec<_> = digests_b.iter().filter(both).collect();
-            assert_eq!(on_a, on_b, "seed {seed}: digests of {a} and {b} differ");
-        }
-    }
+    assert_replicas_agree(&placement, &digests, |d| &d.sensor, "digests", seed);
     let every_key: BTreeSet<Key> = (0..SENSORS)
         .flat_map(|s| (0..TIMESTAMPS).map(move |t| key(&format!("s{s}"), t)))
         .collect();
@@ -844,6 +829,28 @@ fn check_holds(run: &Run, held: &BTreeMap<Key, f64>, covers: impl Fn(&Key) -> bo
                 "{}: {what} lacks {key}, which holds one of {possible:?}",
                 run.context()
             );
+        }
+    }
+}
+
+/// Every two nodes hold equal `what` (records, digests) for the sensors
+/// both own under `placement`.
+fn assert_replicas_agree<T: PartialEq + std::fmt::Debug>(
+    placement: &Placement,
+    held: &[(NodeId, Vec<T>)],
+    sensor_of: impl Fn(&T) -> &SensorId,
+    what: &str,
+    seed: u64,
+) {
+    for (a, held_a) in held {
+        for (b, held_b) in held {
+            let both = |item: &&T| {
+                let owners = placement.replicas(sensor_of(item));
+                owners.contains(a) && owners.contains(b)
+            };
+            let on_a: Vec<&T> = held_a.iter().filter(both).collect();
+            let on_b: Vec<&T> = held_b.iter().filter(both).collect();
+            assert_eq!(on_a, on_b, "seed {seed}: {what} of {a} and {b} differ");
         }
     }
 }
