@@ -203,6 +203,15 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// One bucket's lowest, mean and highest reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub start_ms: i64,
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+}
+
 fn as_timestamp<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_timestamp(*ms))
 }
@@ -216,6 +225,10 @@ struct Accumulator {
     last: f64,
     energy: f64,
 }
+
+/// Readings further apart than this are not bridged by `energy` unless a
+/// request says otherwise: the meter was silent, not steady.
+pub const DEFAULT_MAX_GAP_MS: i64 = 15 * 60_000;
 
 /// Buckets in one answer at most: more is refused before they are made.
 pub const MAX_BUCKETS: usize = 100_000;
@@ -325,6 +338,21 @@ impl Aggregator {
             from = to;
         }
         Ok(())
+    }
+
+    /// Every bucket with readings as its lowest, mean and highest value:
+    /// what a chart draws.
+    pub fn finish_spread(self) -> Vec<Spread> {
+        self.buckets
+            .into_iter()
+            .filter(|(_, b)| b.count > 0)
+            .map(|(start_ms, b)| Spread {
+                start_ms,
+                min: b.min,
+                mean: b.sum / b.count as f64,
+                max: b.max,
+            })
+            .collect()
     }
 
     pub fn finish(self) -> Vec<Bucket> {

@@ -15,6 +15,8 @@
 //! * [`http`] serves the REST API and [`console`] the web console on the
 //!   same port; [`server`] wires everything together
 //!   from a [`config::Config`]; [`cli`] is the command-line client.
+//! * [`latest`] keeps every sensor's newest reading in memory for the
+//!   console.
 //! * [`version`] issues the write versions that make replicas converge;
 //!   [`history`] aggregates a sensor's history into buckets.
 //! * [`bench`](mod@bench) is `energyguard bench`: the end-to-end performance tests.
@@ -28,6 +30,7 @@ pub mod console;
 pub mod history;
 pub mod http;
 pub mod ingest;
+pub mod latest;
 pub mod mqtt;
 pub mod node;
 pub mod reading;

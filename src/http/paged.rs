@@ -20,7 +20,7 @@ use crate::storage::{Record, Scan};
 const PAGE: usize = 20_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Format {
+pub(crate) enum Format {
     Json,
     Csv,
 }
@@ -29,7 +29,7 @@ pub(super) enum Format {
 /// measurement objects or as CSV with a header line, streamed: the answer
 /// holds two pages in memory at most, however long it is. A failure before
 /// the first page is an error answer; one after it ends the body early.
-pub(super) async fn measurements(
+pub(crate) async fn measurements(
     replicator: Arc<Replicator>,
     range: Scan,
     limit: usize,
@@ -177,7 +177,7 @@ fn csv_line(out: &mut Vec<u8>, m: &Measurement) {
     );
 }
 
-pub(super) fn csv_response(body: impl Into<axum::body::Body>) -> Response {
+pub(crate) fn csv_response(body: impl Into<axum::body::Body>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
         body.into(),

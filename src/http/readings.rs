@@ -1,5 +1,7 @@
 //! Handlers for readings: ingest, point reads and writes, listing, history.
 
+use std::ops::ControlFlow;
+
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -13,6 +15,7 @@ use super::error::ApiError;
 use super::extract::{BodyBytes, JsonBody, PathText, QueryParams, not_json};
 use super::paged::{self, Format, csv_response};
 use crate::history::{self, Aggregate, Bucket};
+use crate::ingest::Door;
 use crate::reading::body::{BodyError, Parsed, parse_body};
 use crate::reading::{
     Key, Measurement, SensorId, format_timestamp, now_ms, parse_unit, parse_value,
@@ -26,7 +29,6 @@ const LIST_DEFAULT: usize = 1_000;
 const LIST_MAX: usize = 100_000;
 const HISTORY_DEFAULT: usize = 100_000;
 const HISTORY_MAX: usize = 1_000_000;
-const DEFAULT_MAX_GAP_MS: i64 = 15 * 60_000;
 
 fn parse_key(text: &str) -> Result<Key, ApiError> {
     Ok(text.parse::<Key>()?)
@@ -76,12 +78,12 @@ pub async fn ingest(
     })?;
     match parsed {
         Parsed::Many(readings) => {
-            let keys = state.ingestor.ingest(readings).await?;
+            let keys = state.ingestor.ingest(readings, Door::Http).await?;
             let count = keys.len();
             Ok((StatusCode::CREATED, Json(Stored { count, keys })).into_response())
         }
         Parsed::One(reading) => {
-            let keys = state.ingestor.ingest(vec![reading]).await?;
+            let keys = state.ingestor.ingest(vec![reading], Door::Http).await?;
             Ok((StatusCode::CREATED, Json(StoredOne { key: &keys[0] })).into_response())
         }
     }
@@ -138,6 +140,10 @@ pub async fn update_measurement(
         .get(&key)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no measurement with key {key}")))?;
+    state.latest.record(&[crate::reading::Reading {
+        key: key.clone(),
+        sample: sample.clone(),
+    }]);
     Ok(Json(Measurement::new(key, sample)))
 }
 
@@ -148,6 +154,12 @@ pub async fn delete_measurement(
 ) -> Result<Json<Value>, ApiError> {
     let key = parse_key(&key)?;
     if state.replicator.delete(&key).await? {
+        let held = state.latest.get(&key.sensor);
+        if held.is_some_and(|latest| latest.timestamp_ms == key.timestamp_ms)
+            && let Err(error) = state.latest.refresh(&state.replicator, &key.sensor).await
+        {
+            tracing::warn!(%error, sensor = %key.sensor, "could not look the sensor's newest reading up again");
+        }
         Ok(Json(json!({"deleted": key})))
     } else {
         Err(ApiError::NotFound(format!("no measurement with key {key}")))
@@ -205,7 +217,7 @@ pub async fn history(
         .text("max_gap")
         .map(|g| history::parse_duration("max_gap", g))
         .transpose()?
-        .unwrap_or(DEFAULT_MAX_GAP_MS);
+        .unwrap_or(history::DEFAULT_MAX_GAP_MS);
     let zone = q
         .text("tz")
         .map(|name| {
@@ -274,32 +286,28 @@ async fn aggregate_pages(
     range: Scan,
     mut aggregator: history::Aggregator,
 ) -> Result<Vec<history::Bucket>, ApiError> {
-    const PAGE: usize = 100_000;
-    let too_many = |_| ApiError::TooManyBuckets {
+    let range = Scan {
         limit: history::MAX_BUCKETS,
+        ..range
     };
-    let mut after = None;
-    loop {
-        let page = state
-            .replicator
-            .scan(Scan {
-                after: after.clone(),
-                limit: PAGE,
-                ..range.clone()
-            })
-            .await?;
-        let full = page.len() == PAGE;
-        after = page.last().map(|r| r.key.clone());
-        for record in page {
-            if let Some(sample) = record.sample {
-                aggregator
-                    .push(record.key.timestamp_ms, sample.value)
-                    .map_err(too_many)?;
+    let refused = state
+        .replicator
+        .scan_pages(range, |page| {
+            for record in page {
+                if let Some(sample) = record.sample
+                    && let Err(too_many) = aggregator.push(record.key.timestamp_ms, sample.value)
+                {
+                    return ControlFlow::Break(too_many);
+                }
             }
-        }
-        if !full {
-            return Ok(aggregator.finish());
-        }
+            ControlFlow::Continue(())
+        })
+        .await?;
+    match refused {
+        Some(history::TooManyBuckets) => Err(ApiError::TooManyBuckets {
+            limit: history::MAX_BUCKETS,
+        }),
+        None => Ok(aggregator.finish()),
     }
 }
 

@@ -22,12 +22,13 @@
 //! which pushes back on its door (an HTTP connection, the MQTT consumer).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::alerts::AlertService;
 use crate::alerts::engine::{Change, Transition};
+use crate::latest::LatestReadings;
 use crate::reading::{Key, Reading};
 use crate::replication::{ReplicationError, ReplicationResult, Replicator};
 
@@ -74,19 +75,63 @@ struct Batchers {
     stored: Notify,
 }
 
+/// The door a reading came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Http,
+    Mqtt,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// Readings stored since start, by door.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    http: AtomicU64,
+    mqtt: AtomicU64,
+}
+
+impl Accepted {
+    fn of(&self, door: Door) -> &AtomicU64 {
+        match door {
+            Door::Http => &self.http,
+            Door::Mqtt => &self.mqtt,
+        }
+    }
+
+    pub fn get(&self, door: Door) -> u64 {
+        self.of(door).load(Ordering::Relaxed)
+    }
+}
+
 pub struct Ingestor {
     queue: mpsc::UnboundedSender<Pending>,
+    accepted: Accepted,
     /// One permit per reading that may be queued; the channel itself is
     /// unbounded because this bounds what it holds.
     room: Arc<Semaphore>,
 }
 
 impl Ingestor {
-    pub fn new(replicator: Arc<Replicator>, alerts: Arc<AlertService>) -> Self {
+    /// Starts the batchers; every stored batch is also offered to `latest`.
+    pub fn new(
+        replicator: Arc<Replicator>,
+        alerts: Arc<AlertService>,
+        latest: Arc<LatestReadings>,
+    ) -> Self {
         let (ingestor, batchers) = Self::unstarted();
         let shared = Arc::new(batchers);
+        let after = Stored { alerts, latest };
+        let after = Arc::new(after);
         for _ in 0..BATCHERS {
-            tokio::spawn(batcher(shared.clone(), replicator.clone(), alerts.clone()));
+            tokio::spawn(batcher(shared.clone(), replicator.clone(), after.clone()));
         }
         ingestor
     }
@@ -97,6 +142,7 @@ impl Ingestor {
         let (queue, receiver) = mpsc::unbounded_channel();
         let ingestor = Self {
             queue,
+            accepted: Accepted::default(),
             room: Arc::new(Semaphore::new(MAX_QUEUED_READINGS)),
         };
         (ingestor, Batchers::new(receiver))
@@ -106,15 +152,20 @@ impl Ingestor {
     /// Answers their keys once stored. An alerting failure is logged and
     /// counted but does not fail the ingest: the readings are stored, and a
     /// client retry would not help.
-    pub async fn ingest(&self, readings: Vec<Reading>) -> ReplicationResult<Vec<Key>> {
+    pub async fn ingest(&self, readings: Vec<Reading>, door: Door) -> ReplicationResult<Vec<Key>> {
         let keys: Vec<Key> = readings.iter().map(|r| r.key.clone()).collect();
-        self.try_ingest(readings).await.map_err(|r| r.error)?;
+        self.try_ingest(readings, door).await.map_err(|r| r.error)?;
         Ok(keys)
+    }
+
+    /// Readings stored since start, by door.
+    pub fn accepted(&self) -> &Accepted {
+        &self.accepted
     }
 
     /// Like [`Self::ingest`], but answers nothing on success and hands the
     /// readings back when they could not be stored.
-    pub async fn try_ingest(&self, readings: Vec<Reading>) -> Result<(), Refused> {
+    pub async fn try_ingest(&self, readings: Vec<Reading>, door: Door) -> Result<(), Refused> {
         let count = readings.len() as u64;
         let (reply, answer) = oneshot::channel();
         let closed = |readings| Refused {
@@ -134,7 +185,11 @@ impl Ingestor {
             .map_err(|unsent| closed(unsent.0.readings))?;
         let result = answer.await.unwrap_or_else(|_| Err(closed(Vec::new())));
         match &result {
-            Ok(()) => metrics::counter!("energyguard_readings_accepted_total").increment(count),
+            Ok(()) => {
+                self.accepted.of(door).fetch_add(count, Ordering::Relaxed);
+                metrics::counter!("energyguard_readings_accepted_total", "door" => door.as_str())
+                    .increment(count)
+            }
             Err(_) => {
                 metrics::counter!("energyguard_readings_rejected_total", "reason" => "unavailable")
                     .increment(count)
@@ -220,7 +275,13 @@ impl Batchers {
     }
 }
 
-async fn batcher(shared: Arc<Batchers>, replicator: Arc<Replicator>, alerts: Arc<AlertService>) {
+/// Who hears of readings once stored.
+struct Stored {
+    alerts: Arc<AlertService>,
+    latest: Arc<LatestReadings>,
+}
+
+async fn batcher(shared: Arc<Batchers>, replicator: Arc<Replicator>, after: Arc<Stored>) {
     loop {
         let batch = {
             let mut queue = shared.queue.lock().await;
@@ -229,14 +290,14 @@ async fn batcher(shared: Arc<Batchers>, replicator: Arc<Replicator>, alerts: Arc
         let Some(batch) = batch else {
             return;
         };
-        store(&replicator, &alerts, batch.requests).await;
+        store(&replicator, &after, batch.requests).await;
         shared.finished(batch.readings);
     }
 }
 
 /// Stores a batch, evaluates alerts on what was stored, then answers every
 /// caller: a caller's next request is therefore evaluated after this one.
-async fn store(replicator: &Replicator, alerts: &AlertService, batch: Vec<Pending>) {
+async fn store(replicator: &Replicator, after: &Stored, batch: Vec<Pending>) {
     let combined_ok = batch.len() > 1 && {
         let combined: Vec<Reading> = batch
             .iter()
@@ -264,7 +325,8 @@ async fn store(replicator: &Replicator, alerts: &AlertService, batch: Vec<Pendin
         };
         replies.push((pending.reply, result));
     }
-    match alerts.observe(&accepted).await {
+    after.latest.record(&accepted);
+    match after.alerts.observe(&accepted).await {
         Ok(changes) => record_alert_metrics(&changes),
         Err(error) => {
             metrics::counter!("energyguard_alert_evaluation_errors_total").increment(1);

@@ -136,9 +136,9 @@ async fn a_closed_queue_hands_over_the_waiting_batch_then_ends() {
 async fn a_caller_waits_for_room_while_the_queue_holds_its_limit_of_readings() {
     let (ingestor, shared) = Ingestor::unstarted();
     let mut queue = shared.queue.lock().await;
-    let mut first = pin!(ingestor.try_ingest(readings(MAX_QUEUED_READINGS - 1)));
+    let mut first = pin!(ingestor.try_ingest(readings(MAX_QUEUED_READINGS - 1), Door::Http));
     assert!(poll!(first.as_mut()).is_pending());
-    let mut second = pin!(ingestor.try_ingest(readings(2)));
+    let mut second = pin!(ingestor.try_ingest(readings(2), Door::Http));
     assert!(poll!(second.as_mut()).is_pending());
     let queued = queue.try_recv().expect("the first call is queued");
     assert_eq!(queued.readings.len(), MAX_QUEUED_READINGS - 1);
@@ -158,7 +158,7 @@ async fn a_caller_waits_for_room_while_the_queue_holds_its_limit_of_readings() {
 async fn a_call_larger_than_the_queue_still_goes_alone() {
     let (ingestor, shared) = Ingestor::unstarted();
     let mut queue = shared.queue.lock().await;
-    let mut huge = pin!(ingestor.try_ingest(readings(MAX_QUEUED_READINGS + 1)));
+    let mut huge = pin!(ingestor.try_ingest(readings(MAX_QUEUED_READINGS + 1), Door::Http));
     assert!(poll!(huge.as_mut()).is_pending());
     let queued = queue
         .try_recv()

@@ -29,7 +29,7 @@ use futures::future::join_all;
 use super::outbox::Outbox;
 use super::park::Park;
 use super::{Topics, dead_letter};
-use crate::ingest::{Ingestor, Refused};
+use crate::ingest::{Door, Ingestor, Refused};
 use crate::reading::{Reading, SensorId, now_ms};
 
 /// The longest wait between tries to park readings on a failing disk.
@@ -108,7 +108,7 @@ impl Intake {
                 .partition(|r| !self.park.is_parked(&r.key.sensor))
         };
         if !direct.is_empty()
-            && let Err(refused) = self.ingestor.try_ingest(direct).await
+            && let Err(refused) = self.ingestor.try_ingest(direct, Door::Mqtt).await
         {
             parked.extend(self.store_each_sensor(refused).await?);
         }
@@ -137,7 +137,7 @@ impl Intake {
         let tries = order.iter().filter_map(|sensor| {
             by_sensor
                 .remove(sensor)
-                .map(|readings| self.ingestor.try_ingest(readings))
+                .map(|readings| self.ingestor.try_ingest(readings, Door::Mqtt))
         });
         let mut still_refused = Vec::new();
         for outcome in join_all(tries).await {

@@ -27,7 +27,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::signalled;
-use crate::ingest::Ingestor;
+use crate::ingest::{Door, Ingestor};
 use crate::reading::{Key, Reading, Sample, SensorId, Unit};
 use crate::storage::sqlite::{ReadPool, Synchronous, open_connection};
 use crate::storage::worker::{Worker, WriteExecutor};
@@ -259,7 +259,7 @@ impl Park {
                     }
                 };
                 let count = readings.len() as u64;
-                if ingestor.try_ingest(readings).await.is_err() {
+                if ingestor.try_ingest(readings, Door::Mqtt).await.is_err() {
                     // Still without its quorum: the next round tries again.
                     break;
                 }

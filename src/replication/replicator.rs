@@ -2,6 +2,7 @@
 //! and owns the cluster's state (node statuses and placements).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::SystemTime;
@@ -701,6 +702,30 @@ impl Replicator {
         match scan.sensor.clone() {
             Some(sensor) => self.scan_sensor(&sensor, scan).await,
             None => self.scan_all(scan).await,
+        }
+    }
+
+    /// Every live record `scan` admits, in key order, read `scan.limit` at a
+    /// time (a page in memory at once) and handed to `visit` a page at a
+    /// time, until the range ends or `visit` breaks with a value, which is
+    /// answered.
+    pub async fn scan_pages<B>(
+        &self,
+        mut scan: Scan,
+        mut visit: impl FnMut(Vec<Record>) -> ControlFlow<B>,
+    ) -> ReplicationResult<Option<B>> {
+        let page_size = scan.limit.max(1);
+        scan.limit = page_size;
+        loop {
+            let page = self.scan(scan.clone()).await?;
+            let full = page.len() == page_size;
+            scan.after = page.last().map(|r| r.key.clone());
+            if let ControlFlow::Break(value) = visit(page) {
+                return Ok(Some(value));
+            }
+            if !full {
+                return Ok(None);
+            }
         }
     }
 
