@@ -20,11 +20,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::alerts::AlertService;
 use crate::config::{API_TOKEN_ENV, Config};
+use crate::console::{Live, LiveSources};
 use crate::http::admin::KeyCounts;
 use crate::http::auth::{Auth, GeneratedToken};
 use crate::http::serve::{self, ServeLimits};
 use crate::http::{AppState, Services, router};
 use crate::ingest::Ingestor;
+use crate::latest::LatestReadings;
 use crate::mqtt::backlog::Backlog;
 use crate::mqtt::broker::{self, BrokerSettings};
 use crate::mqtt::embedded::{self, LinkSettings};
@@ -143,7 +145,13 @@ pub async fn run(
     tracing::info!(data_dir = %data_dir.display(), "opening storage nodes");
     let replicator = crate::cluster::open(&config).await?;
     let alerts = Arc::new(AlertService::open(&data_dir, sync).await?);
-    let ingestor = Arc::new(Ingestor::new(replicator.clone(), alerts.clone()));
+    let latest = Arc::new(LatestReadings::default());
+    let seeding_latest = latest.clone().spawn_seed(replicator.clone());
+    let ingestor = Arc::new(Ingestor::new(
+        replicator.clone(),
+        alerts.clone(),
+        latest.clone(),
+    ));
 
     let (auth, generated) = Auth::load(
         &config.auth.tokens,
@@ -170,6 +178,13 @@ pub async fn run(
     )
     .await?;
 
+    let live = Arc::new(Live::default());
+    let sampling_live = live.clone().spawn_sampler(LiveSources {
+        ingestor: ingestor.clone(),
+        replicator: replicator.clone(),
+        alerts: alerts.clone(),
+        latest: latest.clone(),
+    });
     let key_counts = Arc::new(KeyCounts::default());
     let counting_keys = key_counts.clone().spawn_refresh(replicator.clone());
     let state = AppState::new(Services {
@@ -180,6 +195,8 @@ pub async fn run(
         metrics: metrics_handle(),
         mqtt: Some(mqtt.status.clone()),
         key_counts: key_counts.clone(),
+        latest: latest.clone(),
+        live: live.clone(),
         sessions: Arc::new(crate::console::Sessions::new(tls.is_some())),
     });
     let app = router(state, config.http.max_body_bytes)
@@ -192,7 +209,13 @@ pub async fn run(
         header_timeout: HEADER_TIMEOUT,
         shutdown_grace: config.http.shutdown_grace()?,
     };
+    let shutdown = async {
+        shutdown.await;
+        live.stop();
+    };
     serve::serve(listener, app, tls, limits, shutdown).await;
+    sampling_live.abort();
+    seeding_latest.abort();
     mqtt.stop(stop_mqtt).await;
     stale_checks.abort();
     counting_keys.abort();

@@ -114,14 +114,7 @@ impl Sessions {
 
 /// The session id a request presents, if any.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
+    super::view::cookie(headers, COOKIE)
 }
 
 /// Whether a state-changing request comes from the console's own pages:
@@ -146,6 +139,9 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 /// a page answers with a redirect to the login form.
 pub struct Viewer {
     pub role: Role,
+    /// The live version when the request came in: the page shows at least
+    /// that state (see `live`).
+    pub live_version: u64,
 }
 
 impl Viewer {
@@ -164,7 +160,10 @@ impl FromRequestParts<AppState> for Viewer {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         session_id(&parts.headers)
             .and_then(|id| state.sessions.role(id))
-            .map(|role| Viewer { role })
+            .map(|role| Viewer {
+                role,
+                live_version: state.live.current().version,
+            })
             .ok_or_else(|| Redirect::to("/ui/login").into_response())
     }
 }

@@ -16,9 +16,10 @@ use crate::reading::{InvalidInput, SensorId, now_ms, parse_value, reject_unknown
 const ALERTS_DEFAULT: usize = 100;
 const ALERTS_MAX: usize = 10_000;
 
-/// `{"sensor_id", "threshold"}` (the upper limit), or the full form
+/// A threshold from its JSON form (the API's body, and the console's form
+/// turned into it): `{"sensor_id", "threshold"}` (the upper limit), or the full form
 /// `{"sensor_id", "max"?, "min"?, "hysteresis"?}`.
-fn parse_threshold(body: &Value) -> Result<Threshold, InvalidInput> {
+pub fn parse_threshold(body: &Value) -> Result<Threshold, InvalidInput> {
     let object = body
         .as_object()
         .ok_or_else(|| InvalidInput::new("body", "must be a JSON object"))?;

@@ -9,7 +9,7 @@ mod alerts;
 pub mod auth;
 pub mod error;
 mod extract;
-mod paged;
+pub(crate) mod paged;
 mod readings;
 pub mod serve;
 
@@ -33,6 +33,7 @@ use auth::Auth;
 use error::ApiError;
 use extract::BodyLimit;
 
+pub use alerts::parse_threshold;
 pub use readings::MAX_BATCH;
 
 /// What every handler can reach: one shared [`Services`], so the clone each
@@ -50,6 +51,10 @@ pub struct Services {
     pub mqtt: Option<Arc<crate::mqtt::ConsumerStatus>>,
     /// Node key counts for `/metrics`, taken at most every few seconds.
     pub key_counts: Arc<admin::KeyCounts>,
+    /// Every sensor's newest reading, for the console.
+    pub latest: Arc<crate::latest::LatestReadings>,
+    /// The console's live updates.
+    pub live: Arc<crate::console::Live>,
     /// The web console's signed-in sessions.
     pub sessions: Arc<crate::console::Sessions>,
 }

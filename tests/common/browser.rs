@@ -28,14 +28,20 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// A browser window `width` × `height` CSS pixels, saving screenshots
-    /// under `shots`.
+    /// A browser window `width` × `height` CSS pixels in UTC, saving
+    /// screenshots under `shots`.
     pub async fn start(width: u32, height: u32, shots: &Path) -> Self {
+        Self::start_in_zone(width, height, shots, "UTC").await
+    }
+
+    /// Like [`Self::start`], with the browser's clock in time `zone`.
+    pub async fn start_in_zone(width: u32, height: u32, shots: &Path, zone: &str) -> Self {
         let port = free_port();
         // In a process group of its own, so that dropping the browser ends
         // chromium too, whatever state the test left the session in.
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .env("TZ", zone)
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -146,8 +152,38 @@ impl Browser {
         self.element("body").await;
     }
 
+    /// Waits until the text of what `css` selects satisfies `test`;
+    /// answers the text.
+    pub async fn wait_for_text(&self, css: &str, test: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && let Ok(text) = element.text().await
+                && test(&text)
+            {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{css} on {} never showed what was waited for",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Marks the page now shown, so [`Self::still_the_same_page`] can
+    /// tell that it was not loaded again since.
+    pub async fn mark_page(&self) {
+        self.script("window.egMarked = true; return true;").await;
+    }
+
+    pub async fn still_the_same_page(&self) -> bool {
+        self.script("return window.egMarked === true;").await == serde_json::json!(true)
+    }
+
     /// What `js` (a function body) returns, run in the page.
-    async fn script(&self, js: &str) -> serde_json::Value {
+    pub async fn script(&self, js: &str) -> serde_json::Value {
         self.client.execute(js, vec![]).await.expect("script")
     }
 
