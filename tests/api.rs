@@ -812,7 +812,7 @@ async fn metrics_are_prometheus_text() {
     let _ = s.post("/ingest", json!({"value": 1})).await;
     let text = s.metrics_text().await;
     for needle in [
-        "energyguard_readings_accepted_total 1",
+        "energyguard_readings_accepted_total{door=\"http\"} 1",
         "energyguard_readings_rejected_total{reason=\"invalid\"} 1",
         "energyguard_node_status{node=\"node1\",status=\"up\"} 1",
         "energyguard_node_hints_pending{node=\"node2\"} 0",

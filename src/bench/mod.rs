@@ -8,7 +8,8 @@
 //! that missed readings; then rebalancing from `consistent` RF 1 to `full`.
 //! Next to those it measures, in the same run, the ceilings they are judged
 //! against: an empty axum handler and the embedded broker's own pub→sub
-//! rate. When mosquitto is installed, the MQTT measurement is repeated
+//! rate. The console's chart is timed over a day and a year of
+//! one-minute readings. When mosquitto is installed, the MQTT measurement is repeated
 //! through it (a broker whose in-flight window is configurable). Results go
 //! to `results.json` and PNG plots in the output directory.
 //!
@@ -18,6 +19,7 @@
 //! * [`report`]: the figures and the printed table; `plots`: the PNGs.
 
 pub mod baseline;
+mod console;
 mod load;
 mod mosquitto;
 mod nodes;
@@ -76,6 +78,7 @@ impl Parameters {
             batch_readings: 4 * readings,
             batch_concurrency: 4,
             history_points: 100_000,
+            chart_points: (readings * 11).min(525_600),
             sensors: 100,
         }
     }
@@ -101,7 +104,7 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
     std::fs::create_dir_all(&options.out).map_err(output)?;
     let p = Parameters::from_options(options);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let progress = ProgressBar::new(4 + 5 * STRATEGIES.len() as u64 + 1);
+    let progress = ProgressBar::new(5 + 5 * STRATEGIES.len() as u64 + 1);
     progress.set_style(
         ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -150,6 +153,11 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
     .await?;
     let rebalance = workloads::rebalance(&service, &p).await?;
     drop(service);
+    step("console: drawing a sensor's chart".into());
+    let dir = tempfile::tempdir()?;
+    let service = ServiceProcess::start(dir.path(), STRATEGIES[1].1).await?;
+    let console = console::run(&service, &p).await?;
+    drop(service);
     step("node processes: consistent RF 2 over gRPC".into());
     let in_process_batch = strategies
         .iter()
@@ -173,6 +181,7 @@ pub async fn run(options: &BenchOptions) -> Result<Results, BenchError> {
         rebalance,
         node_processes,
         external_broker,
+        console,
     };
     step("writing results and plots".into());
     write_results(&results, &options.out)?;

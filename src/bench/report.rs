@@ -21,6 +21,21 @@ pub struct Results {
     pub node_processes: NodeProcesses,
     /// MQTT through an external mosquitto, when one is installed.
     pub external_broker: Option<ExternalBroker>,
+    pub console: Console,
+}
+
+/// The web console: the server's time to draw a sensor's chart (800 px
+/// wide) from one-minute readings, and a sensor page's weight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Console {
+    pub chart_day_ms: f64,
+    pub chart_day_points: usize,
+    /// The sensor's whole history: a year of minutes in a full run.
+    pub chart_all_ms: f64,
+    pub chart_all_points: usize,
+    /// The page's HTML without its chart, its stylesheet and its script.
+    pub page_bytes_without_chart: usize,
+    pub chart_bytes: usize,
 }
 
 /// EnergyGuard (`consistent`, RF 2) consuming from mosquitto, next to
@@ -63,6 +78,9 @@ pub struct Parameters {
     /// the service's batcher can combine them as it does in production.
     pub batch_concurrency: usize,
     pub history_points: usize,
+    /// One-minute readings of the console's chart sensor (a year in a full
+    /// run).
+    pub chart_points: usize,
     pub sensors: usize,
 }
 
@@ -304,7 +322,9 @@ impl Results {
              rebalance consistent RF 1 → full: {} readings in {:.0} ms ({} readings/s)\n\
              node processes (consistent RF 2, gRPC on loopback): batched ingest {} readings/s \
              ({:.2} of in-process); recovery of {} records {} keys/s; \
-             SIGKILL to down {:.0} ms, restart to up {:.0} ms (failure_timeout 1s)\n{external}",
+             SIGKILL to down {:.0} ms, restart to up {:.0} ms (failure_timeout 1s)\n\
+             console (800 px chart): a day of minutes ({} points) drawn in {:.1} ms, \
+             {} points in {:.1} ms; a sensor page weighs {} KB without its chart ({} KB)\n{external}",
             count(self.limits.http_empty_handler_per_s),
             count(self.limits.broker_raw_messages_per_s),
             mqtt_ratios.join(", "),
@@ -317,6 +337,12 @@ impl Results {
             count(self.node_processes.recovery.keys_per_s),
             self.node_processes.kill_to_down_ms,
             self.node_processes.restart_to_up_ms,
+            count(self.console.chart_day_points as f64),
+            self.console.chart_day_ms,
+            count(self.console.chart_all_points as f64),
+            self.console.chart_all_ms,
+            self.console.page_bytes_without_chart / 1_000,
+            self.console.chart_bytes / 1_000,
         )
     }
 }

@@ -132,6 +132,33 @@ impl Api {
             .bearer_auth(TOKEN)
     }
 
+    /// A request to `path` without the API token (the console's pages).
+    pub fn plain(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+
+    /// Signs in to the console with the admin token; answers the session
+    /// cookie (`name=value`).
+    pub async fn console_session(&self) -> Result<String, BenchError> {
+        // The answer is a redirect whose own headers carry the cookie.
+        let response = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?
+            .post(format!("{}/ui/login", self.url))
+            .header("origin", &self.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={TOKEN}"))
+            .send()
+            .await?;
+        response
+            .headers()
+            .get("set-cookie")
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .map(str::to_string)
+            .ok_or_else(|| BenchError::Service("the console gave no session cookie".into()))
+    }
+
     /// Sends one request; anything but a success is an error.
     pub async fn call(
         &self,
@@ -163,7 +190,8 @@ impl Api {
         Ok(())
     }
 
-    /// `energyguard_readings_accepted_total` from `/metrics`.
+    /// `energyguard_readings_accepted_total` from `/metrics`, summed over
+    /// doors.
     pub async fn accepted(&self) -> Result<u64, BenchError> {
         let text = self
             .request(Method::GET, "/metrics")
@@ -173,9 +201,9 @@ impl Api {
             .await?;
         Ok(text
             .lines()
-            .find_map(|line| line.strip_prefix("energyguard_readings_accepted_total "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64)
+            .filter(|line| line.starts_with("energyguard_readings_accepted_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
     }
 
     /// Polls until `accepted()` reaches `target`.
