@@ -518,3 +518,59 @@ async fn live_snapshots_event_streams_and_csv_exports_need_a_session() {
     let rows = csv.lines().count() - 1;
     assert!((1_439..=1_440).contains(&rows), "{rows} rows");
 }
+
+#[tokio::test]
+async fn a_page_polls_while_it_cannot_hold_a_stream_and_goes_live_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = Service::start_in(dir.path(), "");
+    ingest(&service, a_day_of_power("meter.main", 0)).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let session = session_cookie(&http, &service, READ_TOKEN).await;
+    // Every stream the service allows is taken.
+    let mut streams = Vec::new();
+    loop {
+        let stream = http
+            .get(format!("{}/ui/events", service.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .expect("request");
+        if stream.status() == 503 {
+            break;
+        }
+        assert_eq!(stream.status(), 200);
+        streams.push(stream);
+        assert!(streams.len() <= 1_000, "the streams are bounded");
+    }
+
+    let browser = Browser::start(1280, 900, &shots_dir(dir.path())).await;
+    sign_in(&browser, &service, READ_TOKEN).await;
+    browser.wait_for_path("/ui/").await;
+    browser
+        .goto(&format!("{}/ui/sensors/meter.main", service.url))
+        .await;
+    browser
+        .wait_for_text("#live-status", |s| s == "polling")
+        .await;
+    browser.mark_page().await;
+    ingest(
+        &service,
+        vec![json!({"sensor_id": "meter.main", "timestamp": now_ms(), "value": 4_321.0, "unit": "W"})],
+    )
+    .await;
+    browser
+        .wait_for_text("#now .value .value", |v| v == "4321")
+        .await;
+
+    // Streams free again: the page goes back to live by itself.
+    drop(streams);
+    let live = || async { browser.text("#live-status").await == "live" };
+    common::wait_until(std::time::Duration::from_secs(30), live).await;
+    assert!(
+        browser.still_the_same_page().await,
+        "the page was loaded again"
+    );
+}

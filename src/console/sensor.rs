@@ -551,13 +551,8 @@ pub async fn export(
             }
             response
         }
-        Err(error) => message(
-            &viewer,
-            &zone,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            format!("The export could not be read: {error:?}"),
-        ),
+        // A download: the API's error answer says what failed.
+        Err(error) => error.into_response(),
     }
 }
 

@@ -146,9 +146,13 @@ impl Zone {
         self.format(ms, "%Y-%m-%dT%H:%M")
     }
 
-    /// A time given as RFC 3339 (`2026-12-02T10:00:00Z`) or as a
-    /// `datetime-local` value in this zone (`2026-12-02T10:00`).
+    /// A time given as the API takes one (epoch seconds or milliseconds,
+    /// RFC 3339 `2026-12-02T10:00:00Z`) or as a `datetime-local` value in
+    /// this zone (`2026-12-02T10:00`).
     pub fn parse(&self, text: &str) -> Option<i64> {
+        if let Ok(number) = text.parse::<f64>() {
+            return crate::reading::parse_timestamp_number(number).ok();
+        }
         if let Ok(ts) = text.parse::<Timestamp>() {
             return Some(ts.as_millisecond());
         }
@@ -217,6 +221,8 @@ mod tests {
         assert_eq!(rome.parse("2025-12-02T13:00"), Some(noon_utc));
         assert_eq!(rome.parse("2025-12-02T12:00:00Z"), Some(noon_utc));
         assert_eq!(rome.parse("yesterday"), None);
+        assert_eq!(rome.parse("1764676800"), Some(noon_utc), "epoch seconds");
+        assert_eq!(rome.parse("1764676800000"), Some(noon_utc), "epoch ms");
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
