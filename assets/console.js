@@ -202,23 +202,28 @@
   };
 
   let polling = null;
+  // A poll answered after the stream came back must not mark the page as
+  // polling again: only an active poller reports.
   const poll = async () => {
     try {
       const response = await fetch(`/ui/live?${query}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!polling) return;
       if (response.redirected || !response.ok) {
         setStatus("signed out", "off");
         return;
       }
-      apply(await response.json());
+      const snapshot = await response.json();
+      if (!polling) return;
+      apply(snapshot);
       setStatus("polling", "polling");
     } catch (_) {
-      setStatus("offline", "off");
+      if (polling) setStatus("offline", "off");
     }
   };
   const startPolling = () => {
     if (!polling) {
-      poll();
       polling = setInterval(poll, POLL_EVERY_MS);
+      poll();
     }
   };
   const stopPolling = () => {

@@ -124,7 +124,8 @@ impl Live {
         self.stopping.send_replace(true);
     }
 
-    /// Rebuilds the shared snapshot every [`SAMPLE_EVERY`], until aborted.
+    /// Rebuilds the shared snapshot every second (`SAMPLE_EVERY`), until
+    /// aborted.
     pub fn spawn_sampler(self: Arc<Self>, sources: Sources) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut counts: VecDeque<(Instant, u64, u64)> = VecDeque::new();
