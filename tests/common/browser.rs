@@ -108,7 +108,33 @@ impl Browser {
 
     /// The text of the first element `css` selects.
     pub async fn text(&self, css: &str) -> String {
-        self.element(css).await.text().await.expect("text")
+        self.on_element(css, |e| async move { e.text().await })
+            .await
+    }
+
+    /// Runs `act` on what `css` selects. A live page may swap the element
+    /// for a fresh copy between finding and acting on it: then it is found
+    /// again.
+    async fn on_element<T, F>(
+        &self,
+        css: &str,
+        act: impl Fn(fantoccini::elements::Element) -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match act(self.element(css).await).await {
+                Ok(done) => return done,
+                Err(e)
+                    if e.is_stale_element_reference() && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{css} on {}: {e}", self.path().await),
+            }
+        }
     }
 
     pub async fn exists(&self, css: &str) -> bool {
@@ -121,7 +147,8 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        self.element(css).await.click().await.expect("click");
+        self.on_element(css, |e| async move { e.click().await })
+            .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
