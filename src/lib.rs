@@ -17,6 +17,7 @@
 //!   from a [`config::Config`]; [`cli`] is the command-line client.
 //! * [`latest`] keeps every sensor's newest reading in memory for the
 //!   console.
+//! * [`telemetry`] describes every metric the service exports.
 //! * [`version`] issues the write versions that make replicas converge;
 //!   [`history`] aggregates a sensor's history into buckets.
 //! * [`bench`](mod@bench) is `energyguard bench`: the end-to-end performance tests.
@@ -37,5 +38,6 @@ pub mod reading;
 pub mod replication;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod tls;
 pub mod version;

@@ -4,11 +4,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use energyguard::cli::{Cli, Command, run_client};
+use energyguard::cli::{Cli, Command, LogFormat, run_client};
 use energyguard::config::Config;
 use energyguard::mqtt::broker::SkipCounter;
 use energyguard::node::NodeSettings;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -36,20 +37,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => runtime.block_on(serve(config)),
+    let serve_default = Command::Serve {
+        config: None,
+        log_format: LogFormat::Text,
+    };
+    match cli.command.unwrap_or(serve_default) {
+        Command::Serve { config, log_format } => {
+            init_logging(log_format);
+            runtime.block_on(serve(config))
+        }
         Command::Node {
             id,
             listen,
             data,
             config,
-        } => runtime.block_on(node(id, listen, data, config)),
+            log_format,
+        } => {
+            init_logging(log_format);
+            runtime.block_on(node(id, listen, data, config))
+        }
         command => runtime.block_on(run_client(command, cli.client)),
     }
 }
 
 async fn serve(config_file: Option<std::path::PathBuf>) -> ExitCode {
-    init_logging();
     let config = match Config::load(config_file.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -73,7 +84,6 @@ async fn node(
     dir: std::path::PathBuf,
     config_file: Option<std::path::PathBuf>,
 ) -> ExitCode {
-    init_logging();
     let settings = Config::load(config_file.as_deref()).and_then(|config| {
         let secret = config.cluster.checked_secret()?.to_string();
         let id = id
@@ -107,12 +117,20 @@ async fn node(
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let log = tracing_subscriber::fmt::layer()
+    let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let log = match format {
+        LogFormat::Text => text.boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
     // rumqttd opens a span per message it routes, its topic formatted in:
     // spans our log lines never show, worth a tenth of the broker's CPU.
     // Turned off at their call sites; rumqttd's events stay.

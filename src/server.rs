@@ -83,6 +83,7 @@ fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
+            crate::telemetry::describe();
             spawn_metrics_upkeep(handle.clone());
             handle
         })

@@ -813,12 +813,39 @@ async fn metrics_are_prometheus_text() {
     let text = s.metrics_text().await;
     for needle in [
         "energyguard_readings_accepted_total{door=\"http\"} 1",
-        "energyguard_readings_rejected_total{reason=\"invalid\"} 1",
+        "energyguard_readings_rejected_total{door=\"http\",reason=\"invalid\"} 1",
+        "energyguard_alerts_firing{kind=\"above\"} 0",
+        "energyguard_node_down_reason{node=\"node1\",reason=\"disk\"} 0",
+        "energyguard_rebalance_sensors_moved 0",
         "energyguard_node_status{node=\"node1\",status=\"up\"} 1",
         "energyguard_node_hints_pending{node=\"node2\"} 0",
         "energyguard_http_request_duration_seconds_bucket",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+        "energyguard_build_info{version=\"",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    // Every family says what it is and what it means; counters end in
+    // `_total`, and nothing else does.
+    let typed: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .collect();
+    assert!(typed.len() >= 10, "{text}");
+    for (family, kind) in typed {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} has no HELP"
+        );
+        assert_eq!(
+            kind == "counter",
+            family.ends_with("_total"),
+            "{family} is a {kind}"
+        );
     }
 }
 

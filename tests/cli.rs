@@ -353,3 +353,41 @@ fn a_second_service_on_the_same_data_dir_is_refused_and_the_first_keeps_working(
     );
     assert_eq!(json(&get)["value"], 5.0);
 }
+
+#[test]
+fn the_service_can_log_one_json_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), "listen = \"127.0.0.1:0\"", "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_energyguard"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env_remove("ENERGYGUARD_API_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start energyguard");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let ready = line.contains("HTTP API listening on");
+        lines.push(line);
+        if ready || lines.len() > 200 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("HTTP API listening on")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(event.get(field).is_some(), "no {field} in {line}");
+        }
+    }
+}

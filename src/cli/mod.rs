@@ -27,6 +27,16 @@ pub struct Cli {
     pub client: ClientArgs,
 }
 
+/// How the service and node processes write their logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log
+    /// collectors.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default when no command is given).
@@ -34,10 +44,16 @@ pub enum Command {
         /// A TOML file layered over config/default.toml.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How log lines are written to stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Run one storage node as a process of its own, for a service that
     /// names it by `url` in `replication.nodes`.
     Node {
+        /// How log lines are written to stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
         /// The node's id, as the service names it.
         #[arg(long)]
         id: String,

@@ -15,9 +15,11 @@ use super::AppState;
 use super::auth::{Admin, Authorized, Reader};
 use super::error::ApiError;
 use super::extract::{JsonBody, PathText};
+use crate::alerts::engine::{AlertKind, kind_name};
 use crate::reading::{InvalidInput, Key, reject_unknown_fields};
 use crate::replication::{
-    NodeReport, NodeStatus, RecoveryReport, ReplicationSettings, Replicator, StrategyKind,
+    DownReason, NodeReport, NodeStatus, RecoveryReport, ReplicationSettings, Replicator,
+    StrategyKind,
 };
 use crate::storage::NodeId;
 
@@ -188,21 +190,31 @@ impl KeyCounts {
     }
 }
 
-/// Prometheus text. Node status and hint gauges are refreshed at scrape
-/// time from memory; key counts come from the last count
-/// ([`KeyCounts::spawn_refresh`]).
-pub async fn metrics(State(state): State<AppState>) -> Response {
+fn refresh_node_gauges(state: &AppState) {
     let keys = state.key_counts.latest();
     for report in state.replicator.node_states() {
         let node = report.id.to_string();
         for status in [NodeStatus::Up, NodeStatus::Down, NodeStatus::Recovering] {
-            let name = serde_json::to_value(status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
             let value = if report.status == status { 1.0 } else { 0.0 };
-            metrics::gauge!("energyguard_node_status", "node" => node.clone(), "status" => name)
+            metrics::gauge!("energyguard_node_status", "node" => node.clone(), "status" => status.as_str())
                 .set(value);
+        }
+        for reason in DownReason::ALL {
+            let value = if report.reason == Some(reason) {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!("energyguard_node_down_reason", "node" => node.clone(), "reason" => reason.as_str())
+                .set(value);
+        }
+        if let Some(seen) = report
+            .last_seen
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            metrics::gauge!("energyguard_node_last_seen_timestamp_seconds", "node" => node.clone())
+                .set(seen.timestamp_millis() as f64 / 1_000.0);
         }
         if let Some(keys) = keys.get(&report.id).copied().flatten() {
             metrics::gauge!("energyguard_node_keys", "node" => node.clone()).set(keys as f64);
@@ -210,12 +222,47 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         metrics::gauge!("energyguard_node_hints_pending", "node" => node)
             .set(report.hints_pending as f64);
     }
-    let rebalancing = if state.replicator.rebalance_progress().is_some() {
+}
+
+fn refresh_rebalance_gauges(state: &AppState) {
+    let progress = state.replicator.rebalance_progress();
+    let figure = |f: fn(&crate::replication::RebalanceProgress) -> u64| {
+        progress.as_ref().map_or(0.0, |p| f(p) as f64)
+    };
+    metrics::gauge!("energyguard_rebalance_in_progress").set(if progress.is_some() {
         1.0
     } else {
         0.0
+    });
+    metrics::gauge!("energyguard_rebalance_sensors_planned").set(figure(|p| p.sensors_total));
+    metrics::gauge!("energyguard_rebalance_sensors_moved").set(figure(|p| p.sensors_moved));
+    metrics::gauge!("energyguard_rebalance_records_copied").set(figure(|p| p.records_copied));
+}
+
+/// Alert episodes firing now, by kind (every kind, zero included).
+async fn refresh_alert_gauges(state: &AppState) {
+    let query = crate::alerts::AlertQuery {
+        state: Some(crate::alerts::engine::AlertState::Firing),
+        limit: 1_000_000,
+        ..Default::default()
     };
-    metrics::gauge!("energyguard_rebalance_in_progress").set(rebalancing);
+    let Ok(firing) = state.alerts.alerts(query).await else {
+        return;
+    };
+    for kind in [AlertKind::Above, AlertKind::Below, AlertKind::Stale] {
+        let count = firing.iter().filter(|a| a.kind == kind).count();
+        metrics::gauge!("energyguard_alerts_firing", "kind" => kind_name(kind)).set(count as f64);
+    }
+}
+
+/// Prometheus text. Node, rebalance and alert gauges are refreshed at
+/// scrape time from memory (and the alert store); key counts come from the
+/// last count ([`KeyCounts::spawn_refresh`]).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    crate::telemetry::collect_process();
+    refresh_node_gauges(&state);
+    refresh_rebalance_gauges(&state);
+    refresh_alert_gauges(&state).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

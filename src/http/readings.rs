@@ -103,7 +103,7 @@ struct Stored {
 }
 
 fn rejected(count: usize) {
-    metrics::counter!("energyguard_readings_rejected_total", "reason" => "invalid")
+    metrics::counter!("energyguard_readings_rejected_total", "door" => Door::Http.as_str(), "reason" => "invalid")
         .increment(count as u64);
 }
 

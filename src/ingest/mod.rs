@@ -191,7 +191,7 @@ impl Ingestor {
                     .increment(count)
             }
             Err(_) => {
-                metrics::counter!("energyguard_readings_rejected_total", "reason" => "unavailable")
+                metrics::counter!("energyguard_readings_rejected_total", "door" => door.as_str(), "reason" => "unavailable")
                     .increment(count)
             }
         }

@@ -61,6 +61,9 @@ pub enum DownReason {
 }
 
 impl DownReason {
+    /// Every reason, for gauges that show each one.
+    pub const ALL: [Self; 3] = [Self::Admin, Self::Unreachable, Self::Disk];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",

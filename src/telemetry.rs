@@ -1,0 +1,192 @@
+//! What the service tells Prometheus: every metric family it exports,
+//! described once at start so that each carries `# HELP` and `# TYPE` and
+//! its unit, the build it runs as an info metric, and the process's own
+//! figures (CPU, memory, descriptors, start time) taken at each scrape.
+//!
+//! Rules for a new metric: its name ends in its base unit (`_seconds`,
+//! `_bytes`) or `_total` for a counter; its labels take a bounded set of
+//! values (node ids, doors, route templates, never a sensor id or a raw
+//! path); and it is described here.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// The commit this binary was built from (`unknown` outside a git
+/// checkout).
+pub const COMMIT: &str = env!("EG_GIT_COMMIT");
+
+/// Counters, as (name, help).
+const COUNTERS: [(&str, &str); 14] = [
+    (
+        "energyguard_readings_accepted_total",
+        "Readings stored on their write quorum, by door (http, mqtt).",
+    ),
+    (
+        "energyguard_readings_rejected_total",
+        "Readings not stored, by reason (invalid: bad input; unavailable: no write quorum).",
+    ),
+    (
+        "energyguard_alerts_total",
+        "Alert episodes that fired or resolved, by transition.",
+    ),
+    (
+        "energyguard_alert_evaluation_errors_total",
+        "Stored batches whose alert evaluation failed (the readings are stored).",
+    ),
+    (
+        "energyguard_http_connections_refused_total",
+        "HTTP connections closed at once because max_connections were open.",
+    ),
+    (
+        "energyguard_mqtt_messages_total",
+        "MQTT messages taken from the broker on the readings topics.",
+    ),
+    (
+        "energyguard_mqtt_dead_letters_total",
+        "MQTT messages that held no valid reading, republished on the dead-letter topic.",
+    ),
+    (
+        "energyguard_mqtt_retained_copies_skipped_total",
+        "Retained MQTT copies of readings already stored, skipped.",
+    ),
+    (
+        "energyguard_mqtt_parked_total",
+        "Readings kept on disk because their sensor had no write quorum.",
+    ),
+    (
+        "energyguard_mqtt_unparked_total",
+        "Parked readings stored once their quorum was back.",
+    ),
+    (
+        "energyguard_mqtt_publishers_held_total",
+        "Times a publisher was held back because the intake backlog was full.",
+    ),
+    (
+        "energyguard_mqtt_broker_skips_total",
+        "Messages the embedded broker's in-process reader skipped.",
+    ),
+    (
+        "energyguard_mqtt_connections_refused_total",
+        "MQTT connections refused because the broker's connection limit was reached.",
+    ),
+    (
+        "energyguard_mqtt_refused_total",
+        "MQTT packets refused by the broker's checks (credentials, topic rights), by packet.",
+    ),
+];
+
+/// Gauges, as (name, help, unit).
+const GAUGES: [(&str, &str, Unit); 14] = [
+    (
+        "energyguard_node_status",
+        "1 for each node's current status (up, down, recovering), by node and status.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_node_hints_pending",
+        "Writes kept for a node that is down, to replay when it is back.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_node_keys",
+        "Live measurements a node holds (counted every few seconds).",
+        Unit::Count,
+    ),
+    (
+        "energyguard_node_down_reason",
+        "1 for the reason a node is down (admin, unreachable, disk), by node and reason.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_node_last_seen_timestamp_seconds",
+        "When a node last answered a call or a probe (Unix time).",
+        Unit::Seconds,
+    ),
+    (
+        "energyguard_alerts_firing",
+        "Alert episodes firing now, by kind (above, below, stale).",
+        Unit::Count,
+    ),
+    (
+        "energyguard_rebalance_sensors_planned",
+        "Sensors the rebalance in progress moves (0 when none is).",
+        Unit::Count,
+    ),
+    (
+        "energyguard_rebalance_sensors_moved",
+        "Sensors the rebalance in progress has moved.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_rebalance_records_copied",
+        "Records the rebalance in progress has copied.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_rebalance_in_progress",
+        "1 while readings move to a new placement.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_mqtt_connected",
+        "1 while the MQTT consumer is connected to its broker.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_mqtt_parked_readings",
+        "Readings on disk waiting for their sensor's write quorum.",
+        Unit::Count,
+    ),
+    (
+        "energyguard_mqtt_backlog_bytes",
+        "Bytes of MQTT messages taken in but not yet stored.",
+        Unit::Bytes,
+    ),
+    (
+        "energyguard_build_info",
+        "The running build: 1, labelled with its version and commit.",
+        Unit::Count,
+    ),
+];
+
+/// Histograms, as (name, help).
+const HISTOGRAMS: [(&str, &str); 1] = [(
+    "energyguard_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template, method and status.",
+)];
+
+/// The process collector, made by [`describe`].
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// Describes every family, sets the build info and starts the process
+/// collector. Call once, after the recorder is installed.
+pub fn describe() {
+    for (name, help) in COUNTERS {
+        describe_counter!(name, Unit::Count, help);
+    }
+    for (name, help, unit) in GAUGES {
+        describe_gauge!(name, unit, help);
+    }
+    for (name, help) in HISTOGRAMS {
+        describe_histogram!(name, Unit::Seconds, help);
+    }
+    metrics::gauge!(
+        "energyguard_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => COMMIT
+    )
+    .set(1.0);
+    PROCESS
+        .get_or_init(metrics_process::Collector::default)
+        .describe();
+}
+
+/// Reads the process's CPU time, resident memory, open and maximum
+/// descriptors and start time from the OS now, for the scrape being
+/// answered.
+pub fn collect_process() {
+    if let Some(collector) = PROCESS.get() {
+        collector.collect();
+    }
+}
