@@ -133,6 +133,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // First, so that what components publish as they open is recorded.
+    let metrics = metrics_handle();
     let data_dir = config.data_dir.clone();
     let sync = config.storage.synchronous;
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
@@ -193,7 +195,7 @@ pub async fn run(
         ingestor,
         alerts: alerts.clone(),
         auth: Arc::new(auth),
-        metrics: metrics_handle(),
+        metrics,
         mqtt: Some(mqtt.status.clone()),
         key_counts: key_counts.clone(),
         latest: latest.clone(),

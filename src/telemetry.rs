@@ -12,67 +12,83 @@ use std::sync::OnceLock;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
+use crate::ingest::Door;
+
 /// The commit this binary was built from (`unknown` outside a git
 /// checkout).
 pub const COMMIT: &str = env!("EG_GIT_COMMIT");
 
-/// Counters, as (name, help).
-const COUNTERS: [(&str, &str); 14] = [
+/// Counters, as (name, help, whether it has labels).
+const COUNTERS: [(&str, &str, bool); 14] = [
     (
         "energyguard_readings_accepted_total",
         "Readings stored on their write quorum, by door (http, mqtt).",
+        true,
     ),
     (
         "energyguard_readings_rejected_total",
         "Readings not stored, by reason (invalid: bad input; unavailable: no write quorum).",
+        true,
     ),
     (
         "energyguard_alerts_total",
         "Alert episodes that fired or resolved, by transition.",
+        true,
     ),
     (
         "energyguard_alert_evaluation_errors_total",
         "Stored batches whose alert evaluation failed (the readings are stored).",
+        false,
     ),
     (
         "energyguard_http_connections_refused_total",
         "HTTP connections closed at once because max_connections were open.",
+        false,
     ),
     (
         "energyguard_mqtt_messages_total",
         "MQTT messages taken from the broker on the readings topics.",
+        false,
     ),
     (
         "energyguard_mqtt_dead_letters_total",
         "MQTT messages that held no valid reading, republished on the dead-letter topic.",
+        false,
     ),
     (
         "energyguard_mqtt_retained_copies_skipped_total",
         "Retained MQTT copies of readings already stored, skipped.",
+        false,
     ),
     (
         "energyguard_mqtt_parked_total",
         "Readings kept on disk because their sensor had no write quorum.",
+        false,
     ),
     (
         "energyguard_mqtt_unparked_total",
         "Parked readings stored once their quorum was back.",
+        false,
     ),
     (
         "energyguard_mqtt_publishers_held_total",
         "Times a publisher was held back because the intake backlog was full.",
+        false,
     ),
     (
         "energyguard_mqtt_broker_skips_total",
         "Messages the embedded broker's in-process reader skipped.",
+        false,
     ),
     (
         "energyguard_mqtt_connections_refused_total",
         "MQTT connections refused because the broker's connection limit was reached.",
+        false,
     ),
     (
         "energyguard_mqtt_refused_total",
         "MQTT packets refused by the broker's checks (credentials, topic rights), by packet.",
+        true,
     ),
 ];
 
@@ -162,7 +178,7 @@ static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 /// Describes every family, sets the build info and starts the process
 /// collector. Call once, after the recorder is installed.
 pub fn describe() {
-    for (name, help) in COUNTERS {
+    for (name, help, _) in COUNTERS {
         describe_counter!(name, Unit::Count, help);
     }
     for (name, help, unit) in GAUGES {
@@ -171,6 +187,7 @@ pub fn describe() {
     for (name, help) in HISTOGRAMS {
         describe_histogram!(name, Unit::Seconds, help);
     }
+    start_counters_at_zero();
     metrics::gauge!(
         "energyguard_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -180,6 +197,27 @@ pub fn describe() {
     PROCESS
         .get_or_init(metrics_process::Collector::default)
         .describe();
+}
+
+/// Counters start at zero (with the label sets known in advance), so a
+/// rate or an alert on one works before its first event.
+fn start_counters_at_zero() {
+    for (name, _, labelled) in COUNTERS {
+        if !labelled {
+            metrics::counter!(name).absolute(0);
+        }
+    }
+    for door in [Door::Http, Door::Mqtt] {
+        metrics::counter!("energyguard_readings_accepted_total", "door" => door.as_str())
+            .absolute(0);
+        for reason in ["invalid", "unavailable"] {
+            metrics::counter!("energyguard_readings_rejected_total", "door" => door.as_str(), "reason" => reason)
+                .absolute(0);
+        }
+    }
+    for transition in ["fired", "resolved"] {
+        metrics::counter!("energyguard_alerts_total", "transition" => transition).absolute(0);
+    }
 }
 
 /// Reads the process's CPU time, resident memory, open and maximum

@@ -476,3 +476,95 @@ async fn a_parked_sensors_later_readings_wait_behind_its_parked_ones() {
     .await;
     assert_eq!(alerts[0]["value"], 150.0, "{alerts}");
 }
+
+/// The metric names a PromQL expression or a dashboard mentions.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["energyguard_", "process_"] {
+        for (start, _) in text.match_indices(prefix) {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name)
+                .to_string();
+            names.insert(family);
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_shipped_dashboard_and_alert_rules_name_only_metrics_a_live_scrape_has() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Service::start_in(dir.path(), "");
+    s.wait_subscribed().await;
+    // Traffic of every kind: HTTP readings good and bad, MQTT readings good
+    // and bad, an alert.
+    let (status, _) = s
+        .post("/set_threshold", json!({"sensor_id": "hot", "max": 10}))
+        .await;
+    assert!(status.is_success());
+    let (status, _) = s
+        .post(
+            "/ingest",
+            json!({"sensor_id": "hot", "timestamp": T0, "value": 20}),
+        )
+        .await;
+    assert!(status.is_success());
+    let _ = s.post("/ingest", json!({"value": "not a reading"})).await;
+    let meter = connect(s.mqtt_port, "meter", &[]).await;
+    meter.publish_reading("mqtt-meter", T0, 0).await;
+    meter
+        .publish("energyguard/readings/mqtt-meter", "not json")
+        .await;
+    let readings = || async {
+        s.metrics_text()
+            .await
+            .contains("energyguard_readings_accepted_total{door=\"mqtt\"} 1")
+    };
+    common::wait_until(Duration::from_secs(10), readings).await;
+
+    let scrape = s.metrics_text().await;
+    let exported: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    for file in [
+        "docs/observability/alert-rules.yml",
+        "docs/observability/grafana-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(file).expect(file);
+        let named = metric_names(&text);
+        assert!(named.len() >= 5, "{file} names {named:?}");
+        let missing: Vec<_> = named
+            .iter()
+            .filter(|name| !exported.contains(name.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names {missing:?}, not in:\n{scrape}"
+        );
+    }
+    // The rules are valid YAML in Prometheus's shape; the dashboard is JSON
+    // with its panels.
+    let rules = yaml_rust2::YamlLoader::load_from_str(
+        &std::fs::read_to_string("docs/observability/alert-rules.yml").expect("rules"),
+    )
+    .expect("YAML");
+    let group = &rules[0]["groups"][0];
+    assert!(group["rules"].as_vec().is_some_and(|r| r.len() >= 6));
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string("docs/observability/grafana-dashboard.json").expect("dashboard"),
+    )
+    .expect("JSON");
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .is_some_and(|p| p.len() >= 10)
+    );
+}
