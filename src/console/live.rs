@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::sensors::{DEFAULT_STALE_MS, FIRING_READ};
+use super::sensors::{FIRING_READ, StaleLimits};
 use super::session::Viewer;
 use super::view::number;
 use crate::alerts::engine::{AlertState, kind_name};
@@ -199,18 +199,11 @@ async fn sample(sources: &Sources, counts: &VecDeque<(Instant, u64, u64)>) -> Sh
         })
         .await
         .unwrap_or_default();
-    let stale_after: BTreeMap<SensorId, i64> = sources
-        .alerts
-        .thresholds()
-        .await
-        .into_iter()
-        .filter_map(|t| t.stale_after_ms.map(|ms| (t.sensor_id, ms)))
-        .collect();
+    let limits = StaleLimits::read(&sources.alerts).await;
     let now = now_ms();
-    let stale_sensors = sources.latest.count(|sensor, latest| {
-        let limit = stale_after.get(sensor).copied().unwrap_or(DEFAULT_STALE_MS);
-        now - latest.timestamp_ms > limit
-    });
+    let stale_sensors = sources
+        .latest
+        .count(|sensor, latest| now - latest.timestamp_ms > limits.of(sensor));
     Shared {
         taken_ms: now,
         version: 0,

@@ -18,9 +18,9 @@ use serde_json::{Map, Value};
 
 use super::chart::{self, DailyBars, Episode, HistoryChart, HistoryInput};
 use super::pages::{forbidden_origin, message};
-use super::sensors::{DEFAULT_STALE_MS, firing_by_sensor};
+use super::sensors::{DEFAULT_STALE_MS, LastReading, firing_by_sensor};
 use super::session::{Viewer, same_origin};
-use super::view::{Frame, Zone, age, number, render};
+use super::view::{Frame, Zone, number, render};
 use super::window::{RANGES, Window, WindowQuery};
 use crate::alerts::AlertQuery;
 use crate::alerts::engine::{Alert, Threshold, kind_name};
@@ -47,16 +47,6 @@ struct RangeLink {
     current: bool,
 }
 
-struct LastValue {
-    value: String,
-    unit: String,
-    time: String,
-    age: String,
-    timestamp_ms: i64,
-    stale: bool,
-    stale_after_ms: i64,
-}
-
 /// A threshold as the form shows it.
 #[derive(Default)]
 struct ThresholdFields {
@@ -81,7 +71,7 @@ struct EpisodeRow {
 struct SensorPage {
     frame: Frame,
     id: String,
-    last: Option<LastValue>,
+    last: Option<LastReading>,
     firing: String,
     ranges: Vec<RangeLink>,
     window_query: String,
@@ -404,25 +394,13 @@ pub async fn page(
         .as_ref()
         .and_then(|t| t.stale_after_ms)
         .unwrap_or(DEFAULT_STALE_MS);
-    let last = state.latest.get(&sensor).map(|l| LastValue {
-        value: number(l.value),
-        unit: l.unit.map(|u| u.as_str().to_string()).unwrap_or_default(),
-        time: zone.datetime(l.timestamp_ms),
-        age: age(now, l.timestamp_ms),
-        timestamp_ms: l.timestamp_ms,
-        stale: now - l.timestamp_ms > stale_after_ms,
-        stale_after_ms,
-    });
-    let firing = firing_by_sensor(&state)
+    let last = state
+        .latest
+        .get(&sensor)
+        .map(|l| LastReading::of(&l, stale_after_ms, &zone, now));
+    let firing = firing_by_sensor(&state.alerts)
         .await
         .remove(&sensor)
-        .map(|kinds| {
-            kinds
-                .iter()
-                .map(|k| kind_name(*k))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
         .unwrap_or_default();
     let episodes = episodes_in(&state, &sensor, window)
         .await

@@ -14,8 +14,10 @@ use serde::Deserialize;
 use super::session::Viewer;
 use super::view::{Frame, Zone, age, number, render};
 use crate::alerts::AlertQuery;
-use crate::alerts::engine::{AlertKind, AlertState, kind_name};
+use crate::alerts::AlertService;
+use crate::alerts::engine::{AlertState, kind_name};
 use crate::http::AppState;
+use crate::latest::Latest;
 use crate::reading::{SensorId, now_ms};
 
 /// Sensors per page.
@@ -26,16 +28,40 @@ pub const DEFAULT_STALE_MS: i64 = 15 * 60_000;
 /// Firing alerts read to mark sensors at most.
 pub const FIRING_READ: usize = 10_000;
 
-/// One row of the list.
-pub struct SensorRow {
-    pub id: String,
+/// A sensor's last reading as the pages show it.
+pub struct LastReading {
     pub value: String,
     pub unit: String,
     pub timestamp_ms: i64,
     pub time: String,
     pub age: String,
+    /// Silent longer than `stale_after_ms`.
     pub stale: bool,
     pub stale_after_ms: i64,
+}
+
+impl LastReading {
+    pub fn of(latest: &Latest, stale_after_ms: i64, zone: &Zone, now_ms: i64) -> Self {
+        Self {
+            value: number(latest.value),
+            unit: latest
+                .unit
+                .as_ref()
+                .map(|u| u.as_str().to_string())
+                .unwrap_or_default(),
+            timestamp_ms: latest.timestamp_ms,
+            time: zone.datetime(latest.timestamp_ms),
+            age: age(now_ms, latest.timestamp_ms),
+            stale: now_ms - latest.timestamp_ms > stale_after_ms,
+            stale_after_ms,
+        }
+    }
+}
+
+/// One row of the list.
+pub struct SensorRow {
+    pub id: String,
+    pub last: LastReading,
     /// The kinds of its firing alerts (`above`, `stale`…), comma separated.
     pub alerts: String,
 }
@@ -63,10 +89,9 @@ pub struct ListQuery {
     tz: Option<String>,
 }
 
-/// The kinds of alert firing now, by sensor.
-pub async fn firing_by_sensor(state: &AppState) -> HashMap<SensorId, Vec<AlertKind>> {
-    let firing = state
-        .alerts
+/// The kinds of alert firing now, by sensor, comma separated.
+pub async fn firing_by_sensor(alerts: &AlertService) -> HashMap<SensorId, String> {
+    let firing = alerts
         .alerts(AlertQuery {
             state: Some(AlertState::Firing),
             limit: FIRING_READ,
@@ -74,25 +99,36 @@ pub async fn firing_by_sensor(state: &AppState) -> HashMap<SensorId, Vec<AlertKi
         })
         .await
         .unwrap_or_default();
-    let mut by_sensor: HashMap<SensorId, Vec<AlertKind>> = HashMap::new();
+    let mut by_sensor: HashMap<SensorId, String> = HashMap::new();
     for alert in firing {
-        by_sensor
-            .entry(alert.sensor_id)
-            .or_default()
-            .push(alert.kind);
+        let kinds = by_sensor.entry(alert.sensor_id).or_default();
+        if !kinds.is_empty() {
+            kinds.push_str(", ");
+        }
+        kinds.push_str(kind_name(alert.kind));
     }
     by_sensor
 }
 
-/// How long each sensor with a `stale_after` may be silent.
-pub async fn stale_limits(state: &AppState) -> HashMap<SensorId, i64> {
-    state
-        .alerts
-        .thresholds()
-        .await
-        .into_iter()
-        .filter_map(|t| t.stale_after_ms.map(|ms| (t.sensor_id, ms)))
-        .collect()
+/// How long each sensor may be silent before it is shown stale: its
+/// `stale_after`, else [`DEFAULT_STALE_MS`].
+pub struct StaleLimits(HashMap<SensorId, i64>);
+
+impl StaleLimits {
+    pub async fn read(alerts: &AlertService) -> Self {
+        Self(
+            alerts
+                .thresholds()
+                .await
+                .into_iter()
+                .filter_map(|t| t.stale_after_ms.map(|ms| (t.sensor_id, ms)))
+                .collect(),
+        )
+    }
+
+    pub fn of(&self, sensor: &SensorId) -> i64 {
+        self.0.get(sensor).copied().unwrap_or(DEFAULT_STALE_MS)
+    }
 }
 
 pub async fn list(
@@ -108,37 +144,16 @@ pub async fn list(
         .as_deref()
         .and_then(|a| a.parse::<SensorId>().ok());
     let page = state.latest.page(&search, after.as_ref(), PAGE);
-    let firing = firing_by_sensor(&state).await;
-    let stale_after = stale_limits(&state).await;
+    let mut firing = firing_by_sensor(&state.alerts).await;
+    let limits = StaleLimits::read(&state.alerts).await;
     let now = now_ms();
     let rows = page
         .sensors
         .into_iter()
-        .map(|(id, latest)| {
-            let limit = stale_after.get(&id).copied().unwrap_or(DEFAULT_STALE_MS);
-            SensorRow {
-                value: number(latest.value),
-                unit: latest
-                    .unit
-                    .map(|u| u.as_str().to_string())
-                    .unwrap_or_default(),
-                timestamp_ms: latest.timestamp_ms,
-                time: zone.datetime(latest.timestamp_ms),
-                age: age(now, latest.timestamp_ms),
-                stale: now - latest.timestamp_ms > limit,
-                stale_after_ms: limit,
-                alerts: firing
-                    .get(&id)
-                    .map(|kinds| {
-                        kinds
-                            .iter()
-                            .map(|k| kind_name(*k))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default(),
-                id: id.to_string(),
-            }
+        .map(|(id, latest)| SensorRow {
+            last: LastReading::of(&latest, limits.of(&id), &zone, now),
+            alerts: firing.remove(&id).unwrap_or_default(),
+            id: id.to_string(),
         })
         .collect::<Vec<_>>();
     let next = page.more.then(|| {
