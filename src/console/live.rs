@@ -24,11 +24,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::sensors::{FIRING_READ, StaleLimits};
+use super::sensors::{StaleLimits, firing_now};
 use super::session::Viewer;
 use super::view::number;
-use crate::alerts::engine::{AlertState, kind_name};
-use crate::alerts::{AlertQuery, AlertService};
+use crate::alerts::AlertService;
+use crate::alerts::engine::kind_name;
 use crate::http::AppState;
 use crate::ingest::{Door, Ingestor};
 use crate::latest::LatestReadings;
@@ -190,15 +190,7 @@ async fn sample(sources: &Sources, counts: &VecDeque<(Instant, u64, u64)>) -> Sh
             hints_pending: n.hints_pending,
         })
         .collect();
-    let firing = sources
-        .alerts
-        .alerts(AlertQuery {
-            state: Some(AlertState::Firing),
-            limit: FIRING_READ,
-            ..AlertQuery::default()
-        })
-        .await
-        .unwrap_or_default();
+    let firing = firing_now(&sources.alerts).await;
     let limits = StaleLimits::read(&sources.alerts).await;
     let now = now_ms();
     let stale_sensors = sources

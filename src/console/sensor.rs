@@ -355,6 +355,22 @@ fn unavailable(
     )
 }
 
+/// What every handler of a sensor's page starts from: the viewer's zone,
+/// the sensor (valid, with readings) and the window asked for; else the
+/// page to answer.
+async fn open_sensor(
+    state: &AppState,
+    viewer: &Viewer,
+    headers: &HeaderMap,
+    id: &str,
+    query: &WindowQuery,
+) -> Result<(Zone, SensorId, Window), Response> {
+    let zone = Zone::of(query.tz.as_deref(), headers);
+    let sensor = known_sensor(state, viewer, &zone, id).await?;
+    let window = Window::of(query, &zone, now_ms());
+    Ok((zone, sensor, window))
+}
+
 fn unit_of(state: &AppState, sensor: &SensorId) -> String {
     state
         .latest
@@ -371,13 +387,11 @@ pub async fn page(
     Path(id): Path<String>,
     Query(query): Query<WindowQuery>,
 ) -> Response {
-    let zone = Zone::of(query.tz.as_deref(), &headers);
-    let sensor = match known_sensor(&state, &viewer, &zone, &id).await {
-        Ok(sensor) => sensor,
+    let (zone, sensor, window) = match open_sensor(&state, &viewer, &headers, &id, &query).await {
+        Ok(opened) => opened,
         Err(page) => return page,
     };
     let now = now_ms();
-    let window = Window::of(&query, &zone, now);
     let unit = unit_of(&state, &sensor);
     let width = chart::clamp_width(query.w);
     let chart = match draw_chart(&state, &sensor, &unit, window, width, &zone).await {
@@ -474,12 +488,10 @@ pub async fn figure(
     Path((id, figure)): Path<(String, Figure)>,
     Query(query): Query<WindowQuery>,
 ) -> Response {
-    let zone = Zone::of(query.tz.as_deref(), &headers);
-    let sensor = match known_sensor(&state, &viewer, &zone, &id).await {
-        Ok(sensor) => sensor,
+    let (zone, sensor, window) = match open_sensor(&state, &viewer, &headers, &id, &query).await {
+        Ok(opened) => opened,
         Err(page) => return page,
     };
-    let window = Window::of(&query, &zone, now_ms());
     let unit = unit_of(&state, &sensor);
     let width = chart::clamp_width(query.w);
     let svg = match figure {
@@ -507,12 +519,10 @@ pub async fn export(
     Path(id): Path<String>,
     Query(query): Query<WindowQuery>,
 ) -> Response {
-    let zone = Zone::of(query.tz.as_deref(), &headers);
-    let sensor = match known_sensor(&state, &viewer, &zone, &id).await {
-        Ok(sensor) => sensor,
+    let (_, sensor, window) = match open_sensor(&state, &viewer, &headers, &id, &query).await {
+        Ok(opened) => opened,
         Err(page) => return page,
     };
-    let window = Window::of(&query, &zone, now_ms());
     let range = Scan {
         sensor: Some(sensor.clone()),
         from_ms: Some(window.from_ms),

@@ -15,7 +15,7 @@ use super::session::Viewer;
 use super::view::{Frame, Zone, age, number, render};
 use crate::alerts::AlertQuery;
 use crate::alerts::AlertService;
-use crate::alerts::engine::{AlertState, kind_name};
+use crate::alerts::engine::{Alert, AlertState, kind_name};
 use crate::http::AppState;
 use crate::latest::Latest;
 use crate::reading::{SensorId, now_ms};
@@ -89,18 +89,23 @@ pub struct ListQuery {
     tz: Option<String>,
 }
 
-/// The kinds of alert firing now, by sensor, comma separated.
-pub async fn firing_by_sensor(alerts: &AlertService) -> HashMap<SensorId, String> {
-    let firing = alerts
+/// The alert episodes firing now (at most [`FIRING_READ`]); none if the
+/// alert store cannot be read.
+pub async fn firing_now(alerts: &AlertService) -> Vec<Alert> {
+    alerts
         .alerts(AlertQuery {
             state: Some(AlertState::Firing),
             limit: FIRING_READ,
             ..AlertQuery::default()
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The kinds of alert firing now, by sensor, comma separated.
+pub async fn firing_by_sensor(alerts: &AlertService) -> HashMap<SensorId, String> {
     let mut by_sensor: HashMap<SensorId, String> = HashMap::new();
-    for alert in firing {
+    for alert in firing_now(alerts).await {
         let kinds = by_sensor.entry(alert.sensor_id).or_default();
         if !kinds.is_empty() {
             kinds.push_str(", ");
