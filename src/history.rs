@@ -19,7 +19,11 @@ use jiff::tz::TimeZone;
 use jiff::{RoundMode, Timestamp, Unit, ZonedRound};
 use serde::Serialize;
 
+use std::ops::ControlFlow;
+
 use crate::reading::{InvalidInput, format_timestamp};
+use crate::replication::{ReplicationResult, Replicator};
+use crate::storage::Scan;
 
 const HOUR_MS: f64 = 3_600_000.0;
 const DAY_MS: i64 = 86_400_000;
@@ -374,6 +378,33 @@ impl Aggregator {
             })
             .collect()
     }
+}
+
+/// Pushes every live reading `range` admits into `aggregator`, read from
+/// `replicator` a page of [`MAX_BUCKETS`] records at a time; stops at the
+/// first point that would need a bucket past the cap.
+pub async fn aggregate_range(
+    replicator: &Replicator,
+    range: Scan,
+    aggregator: &mut Aggregator,
+) -> ReplicationResult<Result<(), TooManyBuckets>> {
+    let range = Scan {
+        limit: MAX_BUCKETS,
+        ..range
+    };
+    let refused = replicator
+        .scan_pages(range, |page| {
+            for record in page {
+                if let Some(sample) = record.sample
+                    && let Err(too_many) = aggregator.push(record.key.timestamp_ms, sample.value)
+                {
+                    return ControlFlow::Break(too_many);
+                }
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+    Ok(refused.map_or(Ok(()), Err))
 }
 
 /// [`Aggregator`] over points given at once, in time order.

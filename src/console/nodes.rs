@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::pages::{forbidden_origin, message};
+use super::pages::{forbidden_origin, message, refused_below};
 use super::session::{Viewer, same_origin};
 use super::view::{Frame, Zone, render};
 use crate::config::Role;
@@ -106,22 +106,6 @@ struct ConfirmPage {
     question: &'static str,
 }
 
-fn admin_only(viewer: &Viewer, zone: &Zone) -> Option<Response> {
-    (!viewer.is_admin()).then(|| {
-        message(
-            viewer,
-            zone,
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            format!(
-                "Your token's role ({}) may not do this: it needs {}.",
-                viewer.role.as_str(),
-                Role::Admin.as_str()
-            ),
-        )
-    })
-}
-
 fn not_found(viewer: &Viewer, zone: &Zone, node: &str) -> Response {
     message(
         viewer,
@@ -139,7 +123,7 @@ pub async fn confirm(
     Path((node, action)): Path<(String, NodeAction)>,
 ) -> Response {
     let zone = Zone::of(None, &headers);
-    if let Some(refused) = admin_only(&viewer, &zone) {
+    if let Some(refused) = refused_below(&viewer, &zone, Role::Admin, "do this") {
         return refused;
     }
     let Ok(id) = state.replicator.node_id(&node) else {
@@ -164,7 +148,7 @@ pub async fn act(
     if !same_origin(&headers) {
         return forbidden_origin();
     }
-    if let Some(refused) = admin_only(&viewer, &zone) {
+    if let Some(refused) = refused_below(&viewer, &zone, Role::Admin, "do this") {
         return refused;
     }
     let Ok(id) = state.replicator.node_id(&node) else {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::session::{Viewer, same_origin, session_id};
 use super::view::{Frame, Zone, number, render};
+use crate::config::Role;
 use crate::http::AppState;
 
 #[derive(Template)]
@@ -148,6 +149,24 @@ pub fn message(
         message: text,
     };
     render(status, &page)
+}
+
+/// The page refusing what a role below `needed` may not do (`doing`), or
+/// `None` when the viewer's role suffices.
+pub fn refused_below(viewer: &Viewer, zone: &Zone, needed: Role, doing: &str) -> Option<Response> {
+    (viewer.role < needed).then(|| {
+        message(
+            viewer,
+            zone,
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            format!(
+                "Your token's role ({}) may not {doing}: it needs {}.",
+                viewer.role.as_str(),
+                needed.as_str()
+            ),
+        )
+    })
 }
 
 pub fn forbidden_origin() -> Response {

@@ -6,8 +6,6 @@
 //! The chart alone is also served (`…/chart`), for the page's script to
 //! redraw it at the width the browser has or with new readings.
 
-use std::ops::ControlFlow;
-
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -17,13 +15,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::chart::{self, DailyBars, Episode, HistoryChart, HistoryInput};
-use super::pages::{forbidden_origin, message};
+use super::pages::{forbidden_origin, message, refused_below};
 use super::sensors::{DEFAULT_STALE_MS, LastReading, firing_by_sensor};
 use super::session::{Viewer, same_origin};
 use super::view::{Frame, Zone, number, render};
 use super::window::{RANGES, Window, WindowQuery};
 use crate::alerts::AlertQuery;
 use crate::alerts::engine::{Alert, Threshold, kind_name};
+use crate::config::Role;
 use crate::history::{self, Aggregate, Aggregator, Buckets, Spread};
 use crate::http::AppState;
 use crate::http::paged::{self, Format};
@@ -32,8 +31,6 @@ use crate::replication::ReplicationResult;
 use crate::storage::Scan;
 
 const DAY_MS: i64 = 86_400_000;
-/// Readings per storage call while drawing.
-const PAGE: usize = 100_000;
 /// Rows a CSV export holds at most.
 const EXPORT_MAX: usize = 1_000_000;
 /// Days of energy bars at most, and at least.
@@ -117,22 +114,11 @@ async fn push_range(
         sensor: Some(sensor.clone()),
         from_ms: Some(from_ms),
         to_ms: Some(to_ms),
-        limit: PAGE,
         ..Scan::default()
     };
-    state
-        .replicator
-        .scan_pages(range, |page| {
-            for record in page {
-                if let Some(sample) = record.sample {
-                    // Buckets are few by construction (the chart's width):
-                    // the cap cannot be reached.
-                    let _ = aggregator.push(record.key.timestamp_ms, sample.value);
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        })
-        .await?;
+    // Buckets are few by construction (the chart's width, or days): the
+    // cap cannot be reached.
+    let _ = history::aggregate_range(&state.replicator, range, aggregator).await?;
     Ok(())
 }
 
@@ -608,21 +594,6 @@ fn short_duration(text: &str) -> String {
     format!("{count}{short}")
 }
 
-fn write_only(viewer: &Viewer, zone: &Zone) -> Option<Response> {
-    (!viewer.may_write()).then(|| {
-        message(
-            viewer,
-            zone,
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            format!(
-                "Your token's role ({}) may not change thresholds: it needs write.",
-                viewer.role.as_str()
-            ),
-        )
-    })
-}
-
 pub async fn set_threshold(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -634,7 +605,7 @@ pub async fn set_threshold(
     if !same_origin(&headers) {
         return forbidden_origin();
     }
-    if let Some(refused) = write_only(&viewer, &zone) {
+    if let Some(refused) = refused_below(&viewer, &zone, Role::Write, "change thresholds") {
         return refused;
     }
     let sensor = match known_sensor(&state, &viewer, &zone, &id).await {
@@ -675,7 +646,7 @@ pub async fn remove_threshold(
     if !same_origin(&headers) {
         return forbidden_origin();
     }
-    if let Some(refused) = write_only(&viewer, &zone) {
+    if let Some(refused) = refused_below(&viewer, &zone, Role::Write, "change thresholds") {
         return refused;
     }
     let Ok(sensor) = id.parse::<SensorId>() else {

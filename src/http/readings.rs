@@ -1,7 +1,5 @@
 //! Handlers for readings: ingest, point reads and writes, listing, history.
 
-use std::ops::ControlFlow;
-
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -286,28 +284,11 @@ async fn aggregate_pages(
     range: Scan,
     mut aggregator: history::Aggregator,
 ) -> Result<Vec<history::Bucket>, ApiError> {
-    let range = Scan {
-        limit: history::MAX_BUCKETS,
-        ..range
-    };
-    let refused = state
-        .replicator
-        .scan_pages(range, |page| {
-            for record in page {
-                if let Some(sample) = record.sample
-                    && let Err(too_many) = aggregator.push(record.key.timestamp_ms, sample.value)
-                {
-                    return ControlFlow::Break(too_many);
-                }
-            }
-            ControlFlow::Continue(())
-        })
-        .await?;
-    match refused {
-        Some(history::TooManyBuckets) => Err(ApiError::TooManyBuckets {
+    match history::aggregate_range(&state.replicator, range, &mut aggregator).await? {
+        Ok(()) => Ok(aggregator.finish()),
+        Err(history::TooManyBuckets) => Err(ApiError::TooManyBuckets {
             limit: history::MAX_BUCKETS,
         }),
-        None => Ok(aggregator.finish()),
     }
 }
 
