@@ -3,7 +3,7 @@
 //! saved under the test's temporary directory (`CONSOLE_SHOTS` keeps them
 //! elsewhere).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

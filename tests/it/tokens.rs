@@ -1,7 +1,7 @@
 //! Token hygiene at start: short tokens refused, a data directory only its
 //! owner can read, and an admin token file other users can read refused.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! loses nothing and stores nothing twice, because messages are
 //! acknowledged only after storage and the broker redelivers the rest.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -29,7 +29,7 @@
 //! SQLite) and `MODEL_OPS` (default 2,500) scale it; `MODEL_SEED` replays
 //! one seed.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! wills checked, a cap on connections, and no anonymous broker on a
 //! public address. The real binary, ordinary MQTT clients (rumqttc).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

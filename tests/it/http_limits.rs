@@ -2,7 +2,7 @@
 //! connections, header and idle-body timeouts, and a bounded wait at
 //! SIGTERM. The real binary on free ports; raw TCP clients.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Scenario tests of the replicator: quorum, hints, read repair, recovery,
 //! rebalancing and restarts, on in-memory nodes and on real SQLite files.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

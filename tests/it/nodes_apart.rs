@@ -5,7 +5,7 @@
 //! key back, every replica holding the same keys, and nodes found down and
 //! brought back without anyone calling `recover_node`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! MQTT over TLS on the embedded broker's `mqtt.tls_listen`, and the
 //! consumer of an external `mqtts://` mosquitto.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The command-line client, run as the built binary against a live service.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

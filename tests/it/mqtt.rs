@@ -1,7 +1,7 @@
 //! MQTT ingestion end to end: the real binary with its embedded broker on a
 //! free port, and an ordinary MQTT client (rumqttc) as sensor and observer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

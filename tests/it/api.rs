@@ -2,7 +2,7 @@
 //! driven over HTTP. Every endpoint, every error status the README's API
 //! section lists, restarts, SIGKILL and SIGTERM.
 
-mod common;
+use crate::common;
 
 use common::service::*;
 use reqwest::{Method, StatusCode};
