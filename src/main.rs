@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use energyguard::cli::{Cli, Command, LogFormat, run_client};
+use energyguard::cli::{Cli, Command, LogFormat, log_filter, run_client};
 use energyguard::config::Config;
 use energyguard::mqtt::broker::SkipCounter;
 use energyguard::node::NodeSettings;
@@ -12,12 +12,6 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-/// rumqttd logs every connection at `info` and reports our readiness probe
-/// (a bare TCP connect) as a server error; its router stays at `warn`, where
-/// it reports a subscriber that fell behind and skipped messages.
-/// `RUST_LOG` overrides this.
-const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
 
 /// mimalloc instead of the system allocator: a request allocates and frees
 /// on whichever runtime thread polls it, and a reading crosses to a writer
@@ -118,8 +112,11 @@ async fn node(
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = EnvFilter::try_new(log_filter(rust_log.as_deref())).unwrap_or_else(|error| {
+        eprintln!("warning: RUST_LOG is not a log filter ({error}); logging at info");
+        EnvFilter::new(log_filter(None))
+    });
     let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));

@@ -35,6 +35,7 @@ use crate::mqtt::front_door::FrontDoor;
 use crate::mqtt::front_door::inbound::DoorRules;
 use crate::mqtt::front_door::rights::{TopicRights, Users};
 use crate::mqtt::intake::Intake;
+use crate::mqtt::lag::Lag;
 use crate::mqtt::outbox::{self, LinkSender, Outbox};
 use crate::mqtt::park::{self, Park};
 use crate::mqtt::{ConsumerStatus, Topics};
@@ -147,6 +148,9 @@ pub async fn run(
     create_private_dir(&data_dir)?;
     tracing::info!(data_dir = %data_dir.display(), "opening storage nodes");
     let replicator = crate::cluster::open(&config).await?;
+    crate::telemetry::start_node_counters_at_zero(
+        replicator.node_states().iter().map(|report| &report.id),
+    );
     let alerts = Arc::new(AlertService::open(&data_dir, sync).await?);
     let latest = Arc::new(LatestReadings::default());
     let seeding_latest = latest.clone().spawn_seed(replicator.clone());
@@ -321,7 +325,7 @@ async fn start_mqtt(
         };
         let connection = external::connect(&settings)?;
         let outbox = Outbox::Client(connection.client.clone());
-        let status = Arc::new(ConsumerStatus::new(park.clone(), None));
+        let status = Arc::new(ConsumerStatus::new(park.clone(), None, Arc::default()));
         let intake = Intake {
             topics: topics.clone(),
             ingestor,
@@ -390,8 +394,13 @@ async fn start_embedded(
     let broker = broker::start(&settings).await?;
     let filter = topics.readings_filter("");
     let outbox = Outbox::Link(LinkSender::start(broker.link_tx, &filter)?);
-    let backlog = Arc::new(Backlog::new(settings.safe_backlog_bytes()));
-    let status = Arc::new(ConsumerStatus::new(park.clone(), Some(backlog.clone())));
+    let lag = Arc::new(Lag::default());
+    let backlog = Arc::new(Backlog::new(settings.safe_backlog_bytes(), lag.clone()));
+    let status = Arc::new(ConsumerStatus::new(
+        park.clone(),
+        Some(backlog.clone()),
+        lag,
+    ));
     let intake = Intake {
         topics: topics.clone(),
         ingestor,

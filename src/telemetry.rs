@@ -13,13 +13,14 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use crate::ingest::Door;
+use crate::storage::NodeId;
 
 /// The commit this binary was built from (`unknown` outside a git
 /// checkout).
 pub const COMMIT: &str = env!("EG_GIT_COMMIT");
 
 /// Counters, as (name, help, whether it has labels).
-const COUNTERS: [(&str, &str, bool); 14] = [
+const COUNTERS: &[(&str, &str, bool)] = &[
     (
         "energyguard_readings_accepted_total",
         "Readings stored on their write quorum, by door (http, mqtt).",
@@ -90,10 +91,25 @@ const COUNTERS: [(&str, &str, bool); 14] = [
         "MQTT packets refused by the broker's checks (credentials, topic rights), by packet.",
         true,
     ),
+    (
+        "energyguard_recoveries_total",
+        "Recoveries of a storage node that ended, by node and outcome (succeeded, failed).",
+        true,
+    ),
+    (
+        "energyguard_recovery_hints_replayed_total",
+        "Hinted records replayed to a recovering node, by node, as they are applied.",
+        true,
+    ),
+    (
+        "energyguard_recovery_records_repaired_total",
+        "Records copied from peers to a recovering node, by node, as they are copied.",
+        true,
+    ),
 ];
 
 /// Gauges, as (name, help, unit).
-const GAUGES: [(&str, &str, Unit); 14] = [
+const GAUGES: &[(&str, &str, Unit)] = &[
     (
         "energyguard_node_status",
         "1 for each node's current status (up, down, recovering), by node and status.",
@@ -160,6 +176,21 @@ const GAUGES: [(&str, &str, Unit); 14] = [
         Unit::Bytes,
     ),
     (
+        "energyguard_mqtt_consumer_lag_seconds",
+        "Age of the oldest MQTT message taken in and not yet stored (0 when none waits).",
+        Unit::Seconds,
+    ),
+    (
+        "energyguard_console_sessions",
+        "Web console sessions kept (at most 10,000; unused ones expire after 12 hours).",
+        Unit::Count,
+    ),
+    (
+        "energyguard_console_streams",
+        "Web console live event streams open (at most 64; pages beyond that poll).",
+        Unit::Count,
+    ),
+    (
         "energyguard_build_info",
         "The running build: 1, labelled with its version and commit.",
         Unit::Count,
@@ -167,10 +198,16 @@ const GAUGES: [(&str, &str, Unit); 14] = [
 ];
 
 /// Histograms, as (name, help).
-const HISTOGRAMS: [(&str, &str); 1] = [(
-    "energyguard_http_request_duration_seconds",
-    "Time to answer an HTTP request, by route template, method and status.",
-)];
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "energyguard_http_request_duration_seconds",
+        "Time to answer an HTTP request, by route template, method and status.",
+    ),
+    (
+        "energyguard_node_commit_duration_seconds",
+        "Time for a storage node to make a batch of writes durable, as the coordinator waits for it (a node process's network included), by node.",
+    ),
+];
 
 /// The process collector, made by [`describe`].
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
@@ -178,13 +215,13 @@ static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 /// Describes every family, sets the build info and starts the process
 /// collector. Call once, after the recorder is installed.
 pub fn describe() {
-    for (name, help, _) in COUNTERS {
+    for &(name, help, _) in COUNTERS {
         describe_counter!(name, Unit::Count, help);
     }
-    for (name, help, unit) in GAUGES {
+    for &(name, help, unit) in GAUGES {
         describe_gauge!(name, unit, help);
     }
-    for (name, help) in HISTOGRAMS {
+    for &(name, help) in HISTOGRAMS {
         describe_histogram!(name, Unit::Seconds, help);
     }
     start_counters_at_zero();
@@ -202,7 +239,7 @@ pub fn describe() {
 /// Counters start at zero (with the label sets known in advance), so a
 /// rate or an alert on one works before its first event.
 fn start_counters_at_zero() {
-    for (name, _, labelled) in COUNTERS {
+    for &(name, _, labelled) in COUNTERS {
         if !labelled {
             metrics::counter!(name).absolute(0);
         }
@@ -217,6 +254,24 @@ fn start_counters_at_zero() {
     }
     for transition in ["fired", "resolved"] {
         metrics::counter!("energyguard_alerts_total", "transition" => transition).absolute(0);
+    }
+}
+
+/// The per-node counters start at zero for each configured node (an
+/// increment by zero: one counted already keeps its count).
+pub fn start_node_counters_at_zero<'a>(nodes: impl IntoIterator<Item = &'a NodeId>) {
+    for node in nodes {
+        let node = node.to_string();
+        for outcome in ["succeeded", "failed"] {
+            metrics::counter!("energyguard_recoveries_total", "node" => node.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        for name in [
+            "energyguard_recovery_hints_replayed_total",
+            "energyguard_recovery_records_repaired_total",
+        ] {
+            metrics::counter!(name, "node" => node.clone()).increment(0);
+        }
     }
 }
 

@@ -94,6 +94,13 @@ pub struct Live {
     stopping: watch::Sender<bool>,
 }
 
+impl Live {
+    /// Event streams open now.
+    pub fn streams_open(&self) -> usize {
+        MAX_STREAMS - self.streams.available_permits()
+    }
+}
+
 impl Default for Live {
     fn default() -> Self {
         Self {

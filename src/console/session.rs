@@ -48,6 +48,11 @@ impl Sessions {
         }
     }
 
+    /// Sessions kept now (some may have expired unseen).
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Opens a session for `role`; answers its id.
     pub fn open(&self, role: Role) -> String {
         let id: String = rand::rng()

@@ -255,14 +255,19 @@ async fn refresh_alert_gauges(state: &AppState) {
     }
 }
 
-/// Prometheus text. Node, rebalance and alert gauges are refreshed at
-/// scrape time from memory (and the alert store); key counts come from the
+/// Prometheus text. Node, rebalance, alert, MQTT lag and console gauges are
+/// refreshed at scrape time from memory (and the alert store); key counts come from the
 /// last count ([`KeyCounts::spawn_refresh`]).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     crate::telemetry::collect_process();
     refresh_node_gauges(&state);
     refresh_rebalance_gauges(&state);
     refresh_alert_gauges(&state).await;
+    if let Some(mqtt) = &state.mqtt {
+        metrics::gauge!("energyguard_mqtt_consumer_lag_seconds").set(mqtt.lag().as_secs_f64());
+    }
+    metrics::gauge!("energyguard_console_sessions").set(state.sessions.count() as f64);
+    metrics::gauge!("energyguard_console_streams").set(state.live.streams_open() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -18,9 +18,12 @@
 //! A message's size is counted as rumqttd counts it in its window:
 //! [`message_size`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+
+use super::lag::Lag;
 
 /// What rumqttd counts for one message in a subscription's window.
 pub fn message_size(topic_len: usize, payload_len: usize) -> usize {
@@ -32,14 +35,18 @@ pub struct Backlog {
     capacity: usize,
     used: AtomicUsize,
     released: Notify,
+    /// The bytes' age, in the same units.
+    lag: Arc<Lag>,
 }
 
 impl Backlog {
-    pub fn new(capacity: usize) -> Self {
+    /// A backlog of `capacity` bytes whose waiting bytes' age `lag` keeps.
+    pub fn new(capacity: usize, lag: Arc<Lag>) -> Self {
         Self {
             capacity,
             used: AtomicUsize::new(0),
             released: Notify::new(),
+            lag,
         }
     }
 
@@ -57,11 +64,16 @@ impl Backlog {
     }
 
     pub(crate) fn try_admit(&self, size: usize) -> bool {
-        self.used
+        let admitted = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 (used == 0 || used + size <= self.capacity).then_some(used + size)
             })
-            .is_ok()
+            .is_ok();
+        if admitted {
+            self.lag.arrived(size);
+        }
+        admitted
     }
 
     /// `size` bytes left the backlog (stored, parked or dead-lettered).
@@ -71,6 +83,7 @@ impl Backlog {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 Some(used.saturating_sub(size))
             });
+        self.lag.left(size);
         self.released.notify_waiters();
         metrics::gauge!("energyguard_mqtt_backlog_bytes").set(self.used() as f64);
     }
@@ -89,7 +102,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_backlog_holds_publishers_until_bytes_are_released() {
-        let backlog = Arc::new(Backlog::new(100));
+        let backlog = Arc::new(Backlog::new(100, Arc::default()));
         backlog.admit(60).await;
         backlog.admit(40).await;
         assert_eq!(backlog.used(), 100);
@@ -112,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_message_larger_than_the_capacity_enters_an_empty_backlog() {
-        let backlog = Backlog::new(10);
+        let backlog = Backlog::new(10, Arc::default());
         backlog.admit(50).await;
         assert_eq!(backlog.used(), 50);
         backlog.release(80);

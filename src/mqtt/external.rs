@@ -110,10 +110,17 @@ pub fn spawn(
         client.clone(),
         settings.filter.clone(),
         messages,
-        status,
+        status.clone(),
         shutdown.clone(),
     ));
-    let writer = tokio::spawn(writer(settings, client.clone(), intake, inbox, shutdown));
+    let writer = tokio::spawn(writer(
+        settings,
+        client.clone(),
+        intake,
+        inbox,
+        status,
+        shutdown,
+    ));
     tokio::spawn(async move {
         let _ = writer.await;
         // Give the poll loop a moment to put the last acks on the wire.
@@ -153,6 +160,7 @@ async fn poll_loop(
                 // Waits while a batch is queued (see the module doc). Fails
                 // once the writer has stopped taking messages: then this one
                 // is neither stored nor acknowledged, and the broker keeps it.
+                status.lag.arrived(1);
                 let _ = messages.send(publish).await;
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
@@ -179,6 +187,7 @@ async fn writer(
     client: AsyncClient,
     intake: Intake,
     mut inbox: mpsc::Receiver<Publish>,
+    status: Arc<ConsumerStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Stored messages whose acks are not queued yet, in the order received.
@@ -214,6 +223,7 @@ async fn writer(
             tracing::error!(%error, "MQTT readings can no longer be stored; the rest stays with the broker");
             return;
         }
+        status.lag.left(batch.len());
         tracing::debug!(messages = batch.len(), "MQTT batch stored; acknowledging");
         unacked.extend(batch);
     }

@@ -22,6 +22,7 @@ pub mod embedded;
 pub mod external;
 pub mod front_door;
 pub mod intake;
+pub mod lag;
 pub mod outbox;
 pub mod park;
 
@@ -48,15 +49,23 @@ pub struct ConsumerStatus {
     subscribed: AtomicBool,
     park: Arc<park::Park>,
     backlog: Option<Arc<backlog::Backlog>>,
+    lag: Arc<lag::Lag>,
 }
 
 impl ConsumerStatus {
-    pub fn new(park: Arc<park::Park>, backlog: Option<Arc<backlog::Backlog>>) -> Self {
+    /// `lag` is the one the consumer (or, with the embedded broker, the
+    /// `backlog`) keeps.
+    pub fn new(
+        park: Arc<park::Park>,
+        backlog: Option<Arc<backlog::Backlog>>,
+        lag: Arc<lag::Lag>,
+    ) -> Self {
         Self {
             connected: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             park,
             backlog,
+            lag,
         }
     }
 
@@ -77,6 +86,12 @@ impl ConsumerStatus {
     /// not stored yet; `None` with an external broker.
     pub fn backlog_bytes(&self) -> Option<usize> {
         self.backlog.as_ref().map(|b| b.used())
+    }
+
+    /// The age of the oldest message taken in and not yet stored
+    /// ([`lag`]).
+    pub fn lag(&self) -> std::time::Duration {
+        self.lag.age()
     }
 
     /// A (re)connection starts without a subscription.

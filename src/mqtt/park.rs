@@ -168,6 +168,7 @@ impl Park {
                 let entry = waiting.entry(sensor.clone()).or_default();
                 if *entry == 0 {
                     tracing::warn!(
+                        event = "readings_parked",
                         sensor = %sensor,
                         "parking MQTT readings: this sensor's replicas cannot meet the write quorum; \
                          they are stored once it is back"
@@ -234,7 +235,9 @@ impl Park {
                 *count = count.saturating_sub(removed);
                 if *count == 0 {
                     waiting.remove(sensor);
-                    tracing::info!(sensor = %sensor, "parked MQTT readings all stored");
+                    tracing::info!(event = "parked_flushed", sensor = %sensor,
+                        still_parked = waiting.values().sum::<u64>(),
+                        "parked MQTT readings of the sensor all stored");
                 }
             }
         }

@@ -211,7 +211,8 @@ impl Round<'_> {
                     if status == NodeStatus::Up
                         && known.as_ref().is_some_and(|known| *known != incarnation)
                     {
-                        tracing::warn!(node = %id, address = %node.address(),
+                        tracing::warn!(event = "node_down", node = %id, address = %node.address(),
+                            reason = DownReason::Disk.as_str(),
                             "node answers with new, empty storage: its data is gone; refilling it");
                         replicator.mark_down(id, DownReason::Disk).await;
                         watch.went_down(now);
@@ -233,7 +234,7 @@ impl Round<'_> {
                     let silent_for = now.duration_since(watch.last_answer);
                     if status != NodeStatus::Down && silent_for >= failure_timeout {
                         let reason = DownReason::of(&error);
-                        tracing::warn!(node = %id, address = %node.address(), %error,
+                        tracing::warn!(event = "node_down", node = %id, address = %node.address(), %error,
                             reason = reason.as_str(), "node stopped answering: marking it down");
                         replicator.mark_down(id, reason).await;
                         watch.went_down(now);

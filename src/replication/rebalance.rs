@@ -79,7 +79,15 @@ impl Replicator {
             state.previous = moving.then_some(complete);
             state.current = new;
         }
-        tracing::info!(?settings, moving, "replication configured");
+        if moving {
+            tracing::info!(
+                event = "rebalance_started",
+                ?settings,
+                "replication configured: moving readings"
+            );
+        } else {
+            tracing::info!(?settings, "replication configured: nothing to move");
+        }
         self.mover_wakeup.notify_one();
         Ok(settings)
     }
@@ -224,8 +232,15 @@ impl Replicator {
             }
         }
         self.meta.delete_setting(CLEANUP_PENDING).await?;
+        let finished = self.rebalance_progress();
         self.cluster.progress(|progress| *progress = None);
-        tracing::info!("rebalance complete");
+        let figure = |f: fn(&RebalanceProgress) -> u64| finished.as_ref().map_or(0, f);
+        tracing::info!(
+            event = "rebalance_finished",
+            sensors_moved = figure(|p| p.sensors_moved),
+            records_copied = figure(|p| p.records_copied),
+            "rebalance complete"
+        );
         Ok(())
     }
 

@@ -58,7 +58,8 @@ impl Replicator {
             // A node down by itself is kept down by the operator from now on.
             state.set_down(id, DownReason::Admin);
         }
-        tracing::warn!(node = %id, "node taken out of service");
+        tracing::warn!(event = "node_down", node = %id, reason = DownReason::Admin.as_str(),
+            "node taken out of service");
         self.persist_down_nodes().await
     }
 
@@ -98,7 +99,7 @@ impl Replicator {
     /// the admin lock. A node that lost its data cannot be refilled without
     /// a live peer: it stays down rather than serve an empty store.
     async fn recover_marked(&self, id: &NodeId) -> ReplicationResult<RecoveryReport> {
-        tracing::info!(node = %id, "recovering node");
+        tracing::info!(event = "recovery_started", node = %id, "recovering node");
         let started = Instant::now();
         let outcome = async {
             // The storage that answers now; once refilled, it is the one the
@@ -158,13 +159,18 @@ impl Replicator {
                 if still_recovering {
                     change.state().set_down(id, DownReason::of_recovery(&error));
                 }
-                tracing::error!(node = %id, %error, "recovery failed; the node stays down");
+                metrics::counter!("energyguard_recoveries_total", "node" => id.to_string(), "outcome" => "failed")
+                    .increment(1);
+                tracing::error!(event = "recovery_failed", node = %id, %error,
+                    "recovery failed; the node stays down");
                 Err(error)
             }
         };
         self.persist_down_nodes().await?;
         if let Ok(report) = &result {
-            tracing::info!(node = %id, hints = report.hints_replayed, repaired = report.repaired,
+            metrics::counter!("energyguard_recoveries_total", "node" => id.to_string(), "outcome" => "succeeded")
+                .increment(1);
+            tracing::info!(event = "node_up", node = %id, hints = report.hints_replayed, repaired = report.repaired,
                 removed = report.removed, took_ms = report.took_ms, "node recovered");
         }
         self.mover_wakeup.notify_one();
@@ -197,8 +203,18 @@ impl Replicator {
                     .collect()
             };
             replayed += records.len() as u64;
-            let node = node.clone();
-            applying.push_back((last, tokio::spawn(async move { node.apply(records).await })));
+            let (node, counted) = (node.clone(), records.len() as u64);
+            let replayed_total = metrics::counter!("energyguard_recovery_hints_replayed_total", "node" => id.to_string());
+            applying.push_back((
+                last,
+                tokio::spawn(async move {
+                    let applied = node.apply(records).await;
+                    if applied.is_ok() {
+                        replayed_total.increment(counted);
+                    }
+                    applied
+                }),
+            ));
             if applying.len() >= APPLIES_IN_FLIGHT {
                 self.forget_oldest_applied(id, &mut applying).await?;
             }
@@ -258,6 +274,7 @@ impl Replicator {
             .collect();
 
         let mut repaired = 0;
+        let repaired_total = metrics::counter!("energyguard_recovery_records_repaired_total", "node" => id.to_string());
         let mut foreign = Vec::new();
         for sensor in sensors {
             let holders = self.state().holders(sensor);
@@ -278,11 +295,13 @@ impl Replicator {
                 if !holders.contains(peer) || in_sync {
                     continue;
                 }
-                repaired += if target_has_sensor {
+                let copied = if target_has_sensor {
                     copy_differing_buckets(node.as_ref(), target.as_ref(), sensor).await?
                 } else {
                     copy_range(node.as_ref(), target.as_ref(), sensor, None, None).await?
                 };
+                repaired_total.increment(copied);
+                repaired += copied;
                 target_has_sensor = true;
             }
         }

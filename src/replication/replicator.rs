@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use futures::future::join_all;
 use serde::Serialize;
@@ -141,7 +141,8 @@ impl Replicator {
             None => configured,
             Some(stored) if stored.nodes == configured.nodes => stored,
             Some(stored) => {
-                tracing::info!(from = ?stored.nodes, to = ?configured.nodes, "storage nodes changed: rebalancing");
+                tracing::info!(event = "rebalance_started", from = ?stored.nodes, to = ?configured.nodes,
+                    "storage nodes changed: rebalancing");
                 let settings = stored.settings;
                 previous = previous.or(Some(stored));
                 PlacementSpec {
@@ -474,7 +475,10 @@ impl Replicator {
         let stores = plan.stores.into_iter().map(|(id, records)| {
             let node = self.nodes[&id].clone();
             async move {
+                let started = Instant::now();
                 let result = node.apply(records.clone()).await;
+                metrics::histogram!("energyguard_node_commit_duration_seconds", "node" => id.to_string())
+                    .record(started.elapsed());
                 (id, records, result)
             }
         });
@@ -559,7 +563,7 @@ impl Replicator {
         error: StorageError,
     ) -> ReplicationResult<()> {
         let reason = DownReason::of(&error);
-        tracing::error!(node = %id, %error, reason = reason.as_str(),
+        tracing::error!(event = "node_down", node = %id, %error, reason = reason.as_str(),
             "storage node failed a write: taking it out of service until it is recovered");
         in_flight.take_down(id, reason);
         self.persist_down_nodes().await?;

@@ -7,6 +7,7 @@ pub mod mosquitto;
 pub mod mqtt_client;
 pub mod mqtt_scenarios;
 pub mod node_process;
+pub mod promtool;
 pub mod service;
 
 use std::collections::BTreeMap;

@@ -170,6 +170,26 @@ impl Service {
         response.text().await.expect("metrics text")
     }
 
+    /// Signs in to the web console over plain HTTP with `token`; answers
+    /// the session cookie (`name=value`).
+    pub async fn console_session(&self, token: &str) -> String {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let signed_in = http
+            .post(format!("{}/ui/login", self.url))
+            .header("origin", &self.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(signed_in.status(), 303);
+        let cookie = signed_in.headers()["set-cookie"].to_str().expect("cookie");
+        cookie.split(';').next().expect("pair").to_string()
+    }
+
     /// Live copies on all nodes together (`keys` of `/nodes_status`).
     pub async fn copies(&self) -> u64 {
         let (_, nodes) = self.get("/nodes_status").await;

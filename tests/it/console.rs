@@ -425,21 +425,6 @@ async fn actions_from_another_origin_are_refused() {
     assert_all_nodes_up(&service).await;
 }
 
-/// Signs in over plain HTTP; answers the session cookie (`name=value`).
-async fn session_cookie(http: &reqwest::Client, service: &Service, token: &str) -> String {
-    let signed_in = http
-        .post(format!("{}/ui/login", service.url))
-        .header("origin", &service.url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={token}"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(signed_in.status(), 303);
-    let cookie = signed_in.headers()["set-cookie"].to_str().expect("cookie");
-    cookie.split(';').next().expect("pair").to_string()
-}
-
 #[tokio::test]
 async fn live_snapshots_event_streams_and_csv_exports_need_a_session() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -465,7 +450,7 @@ async fn live_snapshots_event_streams_and_csv_exports_need_a_session() {
         let refused = get(path, None).await.expect("request");
         assert_eq!(refused.status(), 303, "{path} without a session");
     }
-    let session = session_cookie(&http, &service, READ_TOKEN).await;
+    let session = service.console_session(READ_TOKEN).await;
 
     // The snapshot polling pages read: the watched sensor's last value,
     // the nodes, what is firing.
@@ -528,7 +513,7 @@ async fn a_page_polls_while_it_cannot_hold_a_stream_and_goes_live_again() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let session = session_cookie(&http, &service, READ_TOKEN).await;
+    let session = service.console_session(READ_TOKEN).await;
     // Every stream the service allows is taken.
     let mut streams = Vec::new();
     loop {

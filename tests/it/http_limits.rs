@@ -253,14 +253,22 @@ async fn hostile_methods_and_paths_leave_metrics_the_same_size() {
     // (and the scrape's own) exist.
     let _ = hostile(0).await;
     s.metrics_text().await;
-    let before = s.metrics_text().await.len();
-    for chunk in (1..2_000).collect::<Vec<_>>().chunks(100) {
+    let before = s.metrics_text().await;
+    for chunk in (1..10_000).collect::<Vec<_>>().chunks(100) {
         futures::future::join_all(chunk.iter().map(|&i| hostile(i))).await;
     }
-    let after = s.metrics_text().await.len();
-    // Counts change by a few digits, no label set is added.
+    let after = s.metrics_text().await;
+    // No series is added; counts change by a few digits.
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(series(&after), series(&before), "{after}");
     assert!(
-        after < before + 200,
-        "/metrics grew from {before} to {after} bytes"
+        after.len() < before.len() + 200,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        after.contains("method=\"other\"") && after.contains("route=\"unmatched\""),
+        "{after}"
     );
 }

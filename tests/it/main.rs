@@ -23,6 +23,7 @@ mod model;
 mod mqtt;
 mod mqtt_security;
 mod nodes_apart;
+mod observability;
 mod replication;
 mod tls;
 mod tokens;

@@ -10,6 +10,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::node_process::{NodeProcess, Proxy, SECRET};
+use common::promtool::promtool_passes;
 use common::service::Service;
 use common::wait_until;
 use reqwest::StatusCode;
@@ -103,6 +104,10 @@ async fn a_killed_node_process_is_found_down_and_recovered_by_itself_losing_noth
     let down = node_status(&service, "node2").await;
     assert_eq!(down["reason"], "unreachable", "{down}");
     assert!(down["hints_pending"].as_u64() > Some(0), "{down}");
+    let scrape = service.metrics_text().await;
+    assert!(
+        scrape.contains("energyguard_node_down_reason{node=\"node2\",reason=\"unreachable\"} 1")
+    );
     acknowledged.extend(ingest(&service, "meter", t0 + 200, 100).await);
 
     node2.restart();
@@ -110,6 +115,23 @@ async fn a_killed_node_process_is_found_down_and_recovered_by_itself_losing_noth
     assert_eq!(acknowledged.len(), 300, "every write had its quorum");
     assert_readable(&service, &acknowledged).await;
     assert_eq!(node_status(&service, "node2").await["hints_pending"], 0);
+
+    // The figures of remote nodes lint clean and tell the same story.
+    let scrape = service.metrics_text().await;
+    promtool_passes(dir.path(), &["check", "metrics"], &scrape);
+    for needle in [
+        "energyguard_recoveries_total{node=\"node2\",outcome=\"succeeded\"} 1",
+        "energyguard_node_down_reason{node=\"node2\",reason=\"unreachable\"} 0",
+        "energyguard_node_status{node=\"node2\",status=\"up\"} 1",
+        "energyguard_node_commit_duration_seconds_bucket{node=\"node2\",le=",
+    ] {
+        assert!(scrape.contains(needle), "{needle} not in:\n{scrape}");
+    }
+    let replayed = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("energyguard_recovery_hints_replayed_total{node=\"node2\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(replayed.is_some_and(|n| n >= 100.0), "{scrape}");
 }
 
 #[tokio::test]

@@ -450,7 +450,7 @@ mod tests {
             readings_filter: "eg/readings/+".into(),
             reserved_client_id: "energyguard".into(),
             max_packet_bytes: 1024,
-            backlog: Arc::new(Backlog::new(capacity)),
+            backlog: Arc::new(Backlog::new(capacity, Arc::default())),
             users: Users::new(&[user], false),
             rights: TopicRights::new("eg"),
             broker_login: ("door".into(), "secret".into()),
