@@ -389,11 +389,11 @@ pub async fn aggregate_range(
     aggregator: &mut Aggregator,
 ) -> ReplicationResult<Result<(), TooManyBuckets>> {
     let range = Scan {
-        limit: MAX_BUCKETS,
+        limit: usize::MAX,
         ..range
     };
     let refused = replicator
-        .scan_pages(range, |page| {
+        .scan_pages(range, MAX_BUCKETS, |page| {
             for record in page {
                 if let Some(sample) = record.sample
                     && let Err(too_many) = aggregator.push(record.key.timestamp_ms, sample.value)

@@ -242,12 +242,12 @@ async fn newest_in_storage(
             sensor: Some(sensor.clone()),
             from_ms: from,
             to_ms: before,
-            limit: PAGE,
+            limit: usize::MAX,
             ..Scan::default()
         };
         let mut last: Option<Record> = None;
         replicator
-            .scan_pages(window, |page| {
+            .scan_pages(window, PAGE, |page| {
                 last = page.into_iter().next_back().or(last.take());
                 ControlFlow::<()>::Continue(())
             })

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use crate::reading::{Measurement, format_timestamp};
 use crate::replication::Replicator;
-use crate::storage::{Record, Scan};
+use crate::storage::{Pages, Record, Scan};
 
 /// Points read and rendered per step.
 const PAGE: usize = 20_000;
@@ -35,11 +35,14 @@ pub(crate) async fn measurements(
     limit: usize,
     format: Format,
 ) -> Result<Response, ApiError> {
-    let first_page = read_page(&replicator, &range, None, limit.min(PAGE)).await?;
-    let (pages, body) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tokio::spawn(stream_pages(
-        replicator, range, limit, format, first_page, pages,
-    ));
+    let mut pages = Pages::new(Scan { limit, ..range }, PAGE);
+    let first_page = match pages.request() {
+        Some(request) => replicator.scan(request).await?,
+        None => Vec::new(),
+    };
+    pages.advance(&first_page);
+    let (sender, body) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tokio::spawn(stream_pages(replicator, pages, format, first_page, sender));
     let body = Body::from_stream(futures::stream::unfold(body, |mut body| async {
         body.recv().await.map(|page| (page, body))
     }));
@@ -49,83 +52,58 @@ pub(crate) async fn measurements(
     })
 }
 
-async fn read_page(
-    replicator: &Replicator,
-    range: &Scan,
-    after: Option<crate::reading::Key>,
-    take: usize,
-) -> Result<Vec<Record>, ApiError> {
-    if take == 0 {
-        return Ok(Vec::new());
-    }
-    Ok(replicator
-        .scan(Scan {
-            after,
-            limit: take,
-            ..range.clone()
-        })
-        .await?)
-}
-
-/// Renders page after page into `pages`, each on a blocking thread while
-/// the next is read, until `limit` records or the end of the range.
+/// Renders page after page into `sender`, each on a blocking thread while
+/// the next is read, until `pages` is complete.
 async fn stream_pages(
     replicator: Arc<Replicator>,
-    range: Scan,
-    limit: usize,
+    mut pages: Pages,
     format: Format,
     first_page: Vec<Record>,
-    pages: mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    sender: mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
 ) {
     let opening = match format {
         Format::Json => b"[".to_vec(),
         Format::Csv => b"key,sensor_id,timestamp,value,unit\n".to_vec(),
     };
-    if pages.send(Ok(opening)).await.is_err() {
+    if sender.send(Ok(opening)).await.is_err() {
         return;
     }
+    let fail = |error: ApiError| Err(std::io::Error::other(format!("{error:?}")));
     let mut page = first_page;
     let mut rendered_points = 0;
-    let mut read = 0;
     loop {
-        let take = PAGE.min(limit - read - page.len());
-        let last_page = page.len() < PAGE.min(limit - read) || take == 0;
-        read += page.len();
-        let after = page.last().map(|r| r.key.clone());
         let first = rendered_points == 0;
         let rendering = tokio::task::spawn_blocking(move || render(page, format, first));
-        let next = if last_page {
-            Ok(Vec::new())
-        } else {
-            read_page(&replicator, &range, after, take).await
+        let next = match pages.request() {
+            Some(request) => Some(replicator.scan(request).await),
+            None => None,
         };
         match rendered_page(rendering).await {
             Ok((bytes, points)) => {
                 rendered_points += points;
-                if pages.send(Ok(bytes)).await.is_err() {
+                if sender.send(Ok(bytes)).await.is_err() {
                     return;
                 }
             }
             Err(error) => {
-                let _ = pages
-                    .send(Err(std::io::Error::other(format!("{error:?}"))))
-                    .await;
+                let _ = sender.send(fail(error)).await;
                 return;
             }
         }
         match next {
-            Ok(next) if !last_page => page = next,
-            Ok(_) => break,
-            Err(error) => {
-                let _ = pages
-                    .send(Err(std::io::Error::other(format!("{error:?}"))))
-                    .await;
+            Some(Ok(next)) => {
+                pages.advance(&next);
+                page = next;
+            }
+            None => break,
+            Some(Err(error)) => {
+                let _ = sender.send(fail(error.into())).await;
                 return;
             }
         }
     }
     if format == Format::Json {
-        let _ = pages.send(Ok(b"]".to_vec())).await;
+        let _ = sender.send(Ok(b"]".to_vec())).await;
     }
 }
 

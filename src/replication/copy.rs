@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::ReplicationResult;
 use crate::reading::SensorId;
-use crate::storage::{DigestRequest, Scan, StorageNode};
+use crate::storage::{DigestRequest, Pages, Scan, StorageNode};
 
 /// Records copied per round trip.
 const COPY_PAGE: usize = 50_000;
@@ -53,23 +53,19 @@ pub(super) async fn copy_range(
     to_ms: Option<i64>,
 ) -> ReplicationResult<u64> {
     let mut changed = 0;
-    let mut after = None;
-    loop {
-        let page = source
-            .scan(Scan {
-                sensor: Some(sensor.clone()),
-                from_ms,
-                to_ms,
-                after: after.clone(),
-                limit: COPY_PAGE,
-                tombstones: true,
-            })
-            .await?;
-        let full = page.len() == COPY_PAGE;
-        after = page.last().map(|r| r.key.clone());
+    let range = Scan {
+        sensor: Some(sensor.clone()),
+        from_ms,
+        to_ms,
+        after: None,
+        limit: usize::MAX,
+        tombstones: true,
+    };
+    let mut pages = Pages::new(range, COPY_PAGE);
+    while let Some(request) = pages.request() {
+        let page = source.scan(request).await?;
+        pages.advance(&page);
         changed += target.apply(page).await?;
-        if !full {
-            return Ok(changed);
-        }
     }
+    Ok(changed)
 }

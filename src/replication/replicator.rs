@@ -21,7 +21,9 @@ use super::state::{
 use super::strategy::{Placement, PlacementSpec};
 use super::{ReplicationError, ReplicationResult};
 use crate::reading::{Key, Reading, Sample, SensorId};
-use crate::storage::{Incarnation, NodeId, Record, Scan, StorageError, StorageNode, StorageResult};
+use crate::storage::{
+    Incarnation, NodeId, Pages, Record, Scan, StorageError, StorageNode, StorageResult,
+};
 use crate::version::{Clock, Version};
 
 /// How far ahead of the last issued version the durable high water is
@@ -709,28 +711,25 @@ impl Replicator {
         }
     }
 
-    /// Every live record `scan` admits, in key order, read `scan.limit` at a
-    /// time (a page in memory at once) and handed to `visit` a page at a
-    /// time, until the range ends or `visit` breaks with a value, which is
-    /// answered.
+    /// Every live record `scan` admits (`scan.limit` in all), in key order,
+    /// read `page_size` at a time (a page in memory at once) and handed to
+    /// `visit` a page at a time, until the scan ends or `visit` breaks with
+    /// a value, which is answered.
     pub async fn scan_pages<B>(
         &self,
-        mut scan: Scan,
+        scan: Scan,
+        page_size: usize,
         mut visit: impl FnMut(Vec<Record>) -> ControlFlow<B>,
     ) -> ReplicationResult<Option<B>> {
-        let page_size = scan.limit.max(1);
-        scan.limit = page_size;
-        loop {
-            let page = self.scan(scan.clone()).await?;
-            let full = page.len() == page_size;
-            scan.after = page.last().map(|r| r.key.clone());
+        let mut pages = Pages::new(scan, page_size);
+        while let Some(request) = pages.request() {
+            let page = self.scan(request).await?;
+            pages.advance(&page);
             if let ControlFlow::Break(value) = visit(page) {
                 return Ok(Some(value));
             }
-            if !full {
-                return Ok(None);
-            }
         }
+        Ok(None)
     }
 
     async fn scan_sensor(&self, sensor: &SensorId, scan: Scan) -> ReplicationResult<Vec<Record>> {

@@ -16,6 +16,7 @@
 
 pub mod digest;
 pub mod memory;
+pub mod pages;
 pub mod remote;
 pub mod reopen;
 pub mod sqlite;
@@ -34,6 +35,7 @@ use crate::reading::{InvalidInput, Key, Sample, SensorId};
 use crate::version::Version;
 
 pub use digest::{DigestRequest, RangeDigest};
+pub use pages::Pages;
 
 /// The name of a storage node, e.g. `node1`. Same character rules as a
 /// sensor id, because it names a file under `data_dir`.
