@@ -1,4 +1,4 @@
-//! The command line (the README's Command line section): `serve`, and client commands that talk to a
+//! The command line: `serve`, `node`, and client commands that talk to a
 //! running service over its REST API. Tables for people, `--json` for
 //! scripts; any failure exits non-zero with the server's message on stderr.
 
@@ -9,9 +9,11 @@ mod password;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+
+use crate::replication::StrategyKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -166,7 +168,7 @@ pub enum Command {
     },
     /// Show the replication configuration, or change it.
     Replication {
-        strategy: Option<Strategy>,
+        strategy: Option<StrategyKind>,
         #[arg(long)]
         replication_factor: Option<usize>,
         #[arg(long)]
@@ -207,12 +209,6 @@ pub enum Command {
         #[command(flatten)]
         broker: mqtt::BrokerArgs,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Strategy {
-    Full,
-    Consistent,
 }
 
 /// How to reach the service.
@@ -439,11 +435,7 @@ fn build(command: Command) -> Option<Call> {
             virtual_nodes,
             write_quorum,
         } => {
-            let name = match strategy {
-                Strategy::Full => "full",
-                Strategy::Consistent => "consistent",
-            };
-            let mut body = json!({"strategy": name});
+            let mut body = json!({"strategy": strategy});
             if let Some(rf) = replication_factor {
                 body["replication_factor"] = json!(rf);
             }

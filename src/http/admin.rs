@@ -58,16 +58,11 @@ pub async fn configure_replication(
         ],
     )?;
     let current = state.replicator.placement().settings();
-    let strategy = match object.get("strategy").and_then(Value::as_str) {
-        Some("full") => StrategyKind::Full,
-        Some("consistent") => StrategyKind::Consistent,
-        _ => {
-            return Err(ApiError::bad(
-                "strategy",
-                "must be \"full\" or \"consistent\"",
-            ));
-        }
-    };
+    let strategy: StrategyKind = object
+        .get("strategy")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .parse()?;
     let number = |field: &str, default: usize| -> Result<usize, InvalidInput> {
         match object.get(field) {
             None | Some(Value::Null) => Ok(default),

@@ -19,7 +19,11 @@ use crate::storage::NodeId;
 /// build time proportional to nodes × virtual nodes).
 pub const MAX_VIRTUAL_NODES: u32 = 4_096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How sensors are placed on nodes: every node holds every sensor
+/// (`full`), or each sensor is on `replication_factor` nodes of a hash ring
+/// (`consistent`). The same names in the configuration, the API and the
+/// CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StrategyKind {
     Full,
@@ -31,6 +35,21 @@ impl StrategyKind {
         match self {
             Self::Full => "full",
             Self::Consistent => "consistent",
+        }
+    }
+}
+
+impl std::str::FromStr for StrategyKind {
+    type Err = InvalidInput;
+
+    fn from_str(name: &str) -> Result<Self, InvalidInput> {
+        match name {
+            "full" => Ok(Self::Full),
+            "consistent" => Ok(Self::Consistent),
+            _ => Err(InvalidInput::new(
+                "strategy",
+                "must be \"full\" or \"consistent\"",
+            )),
         }
     }
 }
