@@ -65,8 +65,7 @@ CREATE TABLE IF NOT EXISTS incarnation (
 /// while any connection of this process has the file open; from then on
 /// connections of this process coordinate in memory (the WAL index lives on
 /// the heap) instead of making two `fcntl` calls on the `-shm` file for
-/// every read transaction (GET /measurement under wrk: 68k -> 73k
-/// requests/s). Another process (a second `energyguard` on the same data
+/// every read transaction. Another process (a second `energyguard` on the same data
 /// directory, the `sqlite3` shell) is refused while the service runs.
 const OWNED_BY_THIS_PROCESS: &str = "unix-excl";
 
