@@ -12,7 +12,7 @@ const READINGS: usize = 1_000;
 const BATCH: usize = 5_000;
 const T0: i64 = 1_751_738_400_000;
 
-/// Guards the one parser of SPEC §2 as `POST /ingest` meets it: a body of
+/// Guards the one parser of readings as `POST /ingest` meets it: a body of
 /// 5,000 reading objects to validated readings, read straight into borrowed
 /// fields; and the same body with its last reading invalid, which is read a
 /// second time through a `serde_json::Value` to say which field is wrong.

@@ -95,8 +95,8 @@ fn metrics_handle() -> PrometheusHandle {
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// The recorder keeps every histogram sample until something drains it,
-/// which a scrape of `/metrics` does. Without a scraper that is a leak (about
-/// 19 bytes per request, measured), so a thread of its own drains them
+/// which a scrape of `/metrics` does. Without a scraper that is a leak of a
+/// few bytes per request, so a thread of its own drains them
 /// periodically: a thread rather than a task, because the recorder outlives
 /// any one runtime (tests run many).
 fn spawn_metrics_upkeep(handle: PrometheusHandle) {
