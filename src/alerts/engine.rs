@@ -1,4 +1,4 @@
-//! The alert state machine (the README's Alerts section). Pure: a threshold, a sensor's alert
+//! The alert state machine (docs/api.md, Alerts). Pure: a threshold, a sensor's alert
 //! state and a reading in; the new state and what changed out. No I/O and no
 //! clock: time comes with the reading.
 //!

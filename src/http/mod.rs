@@ -1,4 +1,4 @@
-//! The REST API (the README's API section) on axum: `router(state)` builds every route; each
+//! The REST API (docs/api.md) on axum: `router(state)` builds every route; each
 //! handler names the role it needs with an [`auth::Authorized`] extractor
 //! and fails with an [`error::ApiError`], mapped to a status only at the
 //! edge. Handlers call the library (`Ingestor`, `Replicator`,

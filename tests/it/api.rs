@@ -1,6 +1,6 @@
 //! The REST API, end to end: the real binary on a free port in a temp dir,
-//! driven over HTTP. Every endpoint, every error status the README's API
-//! section lists, restarts, SIGKILL and SIGTERM.
+//! driven over HTTP. Every endpoint, every error status docs/api.md
+//! lists, restarts, SIGKILL and SIGTERM.
 
 use crate::common;
 

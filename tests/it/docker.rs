@@ -1,5 +1,6 @@
 //! What can be checked of docker/ without a Docker engine: the compose file
-//! parses with the expected services, volumes and ports; the Dockerfile runs
+//! parses with the expected services, volumes and ports, Prometheus and
+//! Grafana find the shipped rules and dashboard; the Dockerfile runs
 //! the binary `cargo build --release` produces; and every `ENERGYGUARD_*`
 //! variable either file sets is a real configuration key, loaded through
 //! the project's own config loader.
@@ -113,7 +114,15 @@ fn the_compose_file_has_the_broker_the_service_their_volumes_and_ports() {
 
     let volumes = compose["volumes"].as_hash().expect("named volumes");
     let named: Vec<&str> = volumes.keys().filter_map(Yaml::as_str).collect();
-    assert_eq!(named, ["mosquitto-data", "energyguard-data"]);
+    assert_eq!(
+        named,
+        [
+            "mosquitto-data",
+            "energyguard-data",
+            "prometheus-data",
+            "grafana-data"
+        ]
+    );
     assert!(strings(&broker["volumes"]).contains(&"mosquitto-data:/mosquitto/data".to_string()));
     assert!(strings(&service["volumes"]).contains(&"energyguard-data:/data".to_string()));
     for mount in [
@@ -142,6 +151,82 @@ fn the_compose_file_has_the_broker_the_service_their_volumes_and_ports() {
         conf.lines()
             .any(|l| l.trim() == "persistence_location /mosquitto/data/")
     );
+}
+
+/// Prometheus and Grafana run beside the service, on loopback only, with
+/// the repository's own rules and dashboard mounted where their
+/// configuration looks for them.
+#[test]
+fn the_compose_file_runs_prometheus_with_the_rules_and_grafana_with_the_dashboard() {
+    let compose = compose();
+    let prometheus = &compose["services"]["prometheus"];
+    let grafana = &compose["services"]["grafana"];
+    assert!(
+        prometheus["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("prom/prometheus:v"))
+    );
+    assert!(
+        grafana["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("grafana/grafana-oss:"))
+    );
+    assert_eq!(strings(&prometheus["ports"]), ["127.0.0.1:9090:9090"]);
+    assert_eq!(strings(&grafana["ports"]), ["127.0.0.1:3000:3000"]);
+    assert_eq!(strings(&prometheus["depends_on"]), ["energyguard"]);
+
+    // prometheus.yml names the rules relative to itself; compose mounts
+    // both so that the relative path holds inside the container.
+    let command = strings(&prometheus["command"]);
+    assert!(command.contains(&"--config.file=/etc/prometheus/docker/prometheus.yml".to_string()));
+    let config = YamlLoader::load_from_str(&docker_file("prometheus.yml")).expect("YAML");
+    let rules = config[0]["rule_files"][0].as_str().expect("a rule file");
+    assert_eq!(rules, "../docs/observability/alert-rules.yml");
+    let mounts = strings(&prometheus["volumes"]);
+    assert!(
+        mounts.contains(&"./prometheus.yml:/etc/prometheus/docker/prometheus.yml:ro".to_string())
+    );
+    assert!(mounts.contains(&format!(
+        "{rules}:/etc/prometheus/docs/observability/alert-rules.yml:ro"
+    )));
+    assert_eq!(
+        config[0]["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str(),
+        Some("energyguard:5000")
+    );
+
+    // Grafana: the data source, and the dashboard where the provider reads.
+    let mounts = strings(&grafana["volumes"]);
+    let provider = YamlLoader::load_from_str(&docker_file("grafana/dashboards.yml")).expect("YAML");
+    let folder = provider[0]["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("a path");
+    assert!(mounts.contains(&format!(
+        "../docs/observability/grafana-dashboard.json:{folder}/energyguard.json:ro"
+    )));
+    let sources = YamlLoader::load_from_str(&docker_file("grafana/datasources.yml")).expect("YAML");
+    assert_eq!(
+        sources[0]["datasources"][0]["url"].as_str(),
+        Some("http://prometheus:9090")
+    );
+    let password = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+        .as_str()
+        .expect("the admin password");
+    assert!(
+        password.starts_with("${GRAFANA_ADMIN_PASSWORD:?"),
+        "{password}"
+    );
+    // Every file a mount names exists.
+    for service in [prometheus, grafana] {
+        for mount in strings(&service["volumes"]) {
+            let source = mount.split(':').next().expect("a source");
+            if source.starts_with('.') {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("docker")
+                    .join(source);
+                assert!(path.is_file(), "{}", path.display());
+            }
+        }
+    }
 }
 
 #[test]
@@ -225,7 +310,7 @@ fn the_dockerfile_runs_the_release_binary_as_a_non_root_user_with_its_variables(
     assert!(env.iter().all(|(name, _)| name.starts_with("ENERGYGUARD_")));
     let refused = load_with(&env).expect_err("no anonymous broker on a public address");
     assert!(refused.contains("mqtt.listen"), "{refused}");
-    // Broker users from the environment, as the README shows.
+    // Broker users from the environment, as docs/operations.md shows.
     env.push((
         "ENERGYGUARD_MQTT__USERS".into(),
         format!(r#"[{{username="meters", password_hash="{HASH}", role="meter"}}]"#),

@@ -323,7 +323,7 @@ async fn stored_values(s: &Service, sensors: usize) -> std::collections::HashSet
 /// What a hard kill can lose with the embedded broker: readings it
 /// acknowledged and EnergyGuard had not stored. The front door keeps those
 /// under half the broker's window (8 MiB with `broker_memory_mb = 16`), so
-/// that is the bound; the figure itself is printed for the README.
+/// that is the bound; the figure itself is printed for docs/mqtt.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_at_most_the_backlog_bound() {
     const BOUND_BYTES: usize = 8 * 1024 * 1024;
