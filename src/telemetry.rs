@@ -122,7 +122,7 @@ const GAUGES: &[(&str, &str, Unit)] = &[
     ),
     (
         "energyguard_node_keys",
-        "Live measurements a node holds (counted every few seconds).",
+        "Live measurements a node holds, as last counted (every 30 s, less often when counting takes over 1 % of the time).",
         Unit::Count,
     ),
     (

@@ -140,10 +140,18 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// How often the nodes' keys are counted for `/metrics`: counting reads
-/// every record of every node, so it happens on a timer of its own, never
-/// because a scrape (or a flood of them) asked.
+/// How often the nodes' keys are counted for `/metrics` at most: counting
+/// reads every record of every node, so it happens on a timer of its own,
+/// never because a scrape (or a flood of them) asked.
 const KEY_COUNT_EVERY: Duration = Duration::from_secs(30);
+/// Counting may take this share of the time at most: on large nodes the
+/// counts are taken less often than [`KEY_COUNT_EVERY`].
+const KEY_COUNT_SHARE: u32 = 100;
+
+/// The wait before the next count, after one that took `took`.
+fn next_key_count_in(took: Duration) -> Duration {
+    KEY_COUNT_EVERY.max(took * KEY_COUNT_SHARE)
+}
 
 /// Live keys per node (`None`: the node could not be asked).
 type Counts = HashMap<NodeId, Option<u64>>;
@@ -155,17 +163,15 @@ pub struct KeyCounts {
 }
 
 impl KeyCounts {
-    /// Counts the nodes' keys now and every `KEY_COUNT_EVERY`, until
-    /// aborted.
+    /// Counts the nodes' keys now and every [`KEY_COUNT_EVERY`] (less often
+    /// when counting is slow: [`KEY_COUNT_SHARE`]), until aborted.
     pub fn spawn_refresh(
         self: Arc<Self>,
         replicator: Arc<Replicator>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(KEY_COUNT_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                every.tick().await;
+                let started = std::time::Instant::now();
                 let counts: Counts = replicator
                     .node_reports()
                     .await
@@ -173,6 +179,7 @@ impl KeyCounts {
                     .map(|report| (report.id, report.keys))
                     .collect();
                 *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+                tokio::time::sleep(next_key_count_in(started.elapsed())).await;
             }
         })
     }
@@ -268,4 +275,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_counted_every_30_s_or_less_often_when_counting_is_slow() {
+        assert_eq!(next_key_count_in(Duration::from_millis(5)), KEY_COUNT_EVERY);
+        assert_eq!(
+            next_key_count_in(Duration::from_millis(850)),
+            Duration::from_secs(85)
+        );
+    }
 }

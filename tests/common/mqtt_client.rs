@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
 
 /// A connected client and the publishes it receives.
 pub struct Client {
     client: AsyncClient,
     received: mpsc::UnboundedReceiver<Publish>,
+    /// Resolves once a DISCONNECT is on the wire.
+    gone: oneshot::Receiver<()>,
 }
 
 pub async fn connect(port: u16, name: &str, subscribe: &[&str]) -> Client {
@@ -32,9 +34,14 @@ pub async fn connect_as(
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let (tx, received) = mpsc::unbounded_channel();
     let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    let (gone_tx, gone) = oneshot::channel();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    let _ = gone_tx.send(());
+                    return;
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let _ = tx.send(p);
                 }
@@ -55,7 +62,11 @@ pub async fn connect_as(
             .expect("subscribe");
         ready.recv().await.expect("subscribed");
     }
-    Client { client, received }
+    Client {
+        client,
+        received,
+        gone,
+    }
 }
 
 impl Client {
@@ -90,6 +101,16 @@ impl Client {
         );
         self.publish(&format!("energyguard/readings/{sensor}"), payload)
             .await;
+    }
+
+    /// Leaves as a well-behaved client does: DISCONNECT, then the socket
+    /// closes.
+    pub async fn disconnect(self) {
+        self.client.disconnect().await.expect("disconnect");
+        tokio::time::timeout(Duration::from_secs(5), self.gone)
+            .await
+            .expect("DISCONNECT sent within 5 s")
+            .expect("event loop");
     }
 
     pub async fn next(&mut self) -> Publish {

@@ -48,6 +48,11 @@ async fn traffic_of_every_kind(s: &Service) {
         .publish("energyguard/readings/mqtt-meter", "not json")
         .await;
     s.console_session(READ_TOKEN).await;
+    // A client that leaves properly: DISCONNECT, then the socket closes.
+    connect(s.mqtt_port, "leaving", &[])
+        .await
+        .disconnect()
+        .await;
 
     let (blocked, _) = fail_node2_under_quorum_2(s).await;
     meter.publish_reading(&blocked, T0, 1).await;
