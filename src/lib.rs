@@ -32,6 +32,7 @@ pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod latest;
+pub mod logging;
 pub mod mqtt;
 pub mod node;
 pub mod reading;

@@ -4,14 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use energyguard::cli::{Cli, Command, LogFormat, log_filter, run_client};
+use energyguard::cli::{Cli, Command, LogFormat, run_client};
 use energyguard::config::Config;
-use energyguard::mqtt::broker::SkipCounter;
 use energyguard::node::NodeSettings;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc instead of the system allocator: a request allocates and frees
 /// on whichever runtime thread polls it, and a reading crosses to a writer
@@ -35,7 +30,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(serve_default) {
         Command::Serve { config, log_format } => {
-            init_logging(log_format);
+            energyguard::logging::init(log_format);
             runtime.block_on(serve(config))
         }
         Command::Node {
@@ -45,7 +40,7 @@ fn main() -> ExitCode {
             config,
             log_format,
         } => {
-            init_logging(log_format);
+            energyguard::logging::init(log_format);
             runtime.block_on(node(id, listen, data, config))
         }
         command => runtime.block_on(run_client(command, cli.client)),
@@ -107,37 +102,6 @@ async fn node(
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(format: LogFormat) {
-    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = EnvFilter::try_new(log_filter(rust_log.as_deref())).unwrap_or_else(|error| {
-        eprintln!("warning: RUST_LOG is not a log filter ({error}); logging at info");
-        EnvFilter::new(log_filter(None))
-    });
-    let text = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let log = match format {
-        LogFormat::Text => text.boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
-    // rumqttd opens a span per message it routes, its topic formatted in:
-    // spans our log lines never show, worth a tenth of the broker's CPU.
-    // Turned off at their call sites; rumqttd's events stay.
-    let no_broker_spans = tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.is_span() && meta.target().starts_with("rumqttd"))
-    });
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(no_broker_spans)
-        .with(log)
-        .with(SkipCounter)
-        .init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -39,24 +39,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// What rumqttd may log: it logs every connection at `info`, and reports
-/// as a server error each connection that closes before its CONNECT (the
-/// readiness probe, clients the front door turned away, every relayed
-/// connection at shutdown), all normal here. Its router stays at `warn`,
-/// where it reports a subscriber that fell behind and skipped messages.
-const BROKER_LOG: &str = "rumqttd=warn,rumqttd::server::broker=off";
-
-/// The log filter for `RUST_LOG` (`info` when unset): rumqttd's directives
-/// come first and the operator's after, so `RUST_LOG=debug` still keeps
-/// rumqttd quiet; a `RUST_LOG` that names rumqttd is taken as it is.
-pub fn log_filter(rust_log: Option<&str>) -> String {
-    match rust_log.map(str::trim) {
-        None | Some("") => format!("info,{BROKER_LOG}"),
-        Some(filter) if filter.contains("rumqttd") => filter.to_string(),
-        Some(filter) => format!("{BROKER_LOG},{filter}"),
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default when no command is given).
@@ -520,26 +502,5 @@ fn server_message(status: StatusCode, body: &Value) -> String {
     match body.get("error").and_then(Value::as_str) {
         Some(error) => format!("{error} ({status})"),
         None => format!("{status}: {body}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_operators_filter_keeps_rumqttd_quiet_unless_it_names_rumqttd() {
-        let quiet = "rumqttd=warn,rumqttd::server::broker=off";
-        assert_eq!(log_filter(None), format!("info,{quiet}"));
-        assert_eq!(log_filter(Some(" ")), format!("info,{quiet}"));
-        assert_eq!(log_filter(Some("debug")), format!("{quiet},debug"));
-        assert_eq!(log_filter(Some("rumqttd=debug")), "rumqttd=debug");
-        for rust_log in [None, Some("debug"), Some("energyguard=trace,info")] {
-            let filter = log_filter(rust_log);
-            assert!(
-                tracing_subscriber::EnvFilter::try_new(&filter).is_ok(),
-                "{filter}"
-            );
-        }
     }
 }

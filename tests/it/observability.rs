@@ -48,11 +48,14 @@ async fn traffic_of_every_kind(s: &Service) {
         .publish("energyguard/readings/mqtt-meter", "not json")
         .await;
     s.console_session(READ_TOKEN).await;
-    // A client that leaves properly: DISCONNECT, then the socket closes.
+    // Clients that leave properly: DISCONNECT, then the socket closes.
     connect(s.mqtt_port, "leaving", &[])
         .await
         .disconnect()
         .await;
+    for round in 0..3 {
+        connect_and_leave(s.mqtt_port, &format!("leaver{round}")).await;
+    }
 
     let (blocked, _) = fail_node2_under_quorum_2(s).await;
     meter.publish_reading(&blocked, T0, 1).await;
@@ -83,6 +86,25 @@ async fn traffic_of_every_kind(s: &Service) {
             && text.contains("energyguard_rebalance_in_progress 0")
     };
     common::wait_until(Duration::from_secs(20), settled).await;
+}
+
+/// Leaves as `mosquitto_pub` does: CONNECT, its CONNACK, DISCONNECT, and
+/// the socket closed at once (rumqttd sees two disconnections).
+async fn connect_and_leave(port: u16, client_id: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let id = client_id.as_bytes();
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60, 0, id.len() as u8]);
+    connect.extend_from_slice(id);
+    stream.write_all(&connect).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    stream.write_all(&[0xE0, 0]).await.expect("DISCONNECT");
 }
 
 /// The metric families a PromQL expression or a dashboard mentions.
