@@ -163,8 +163,8 @@ pub struct KeyCounts {
 }
 
 impl KeyCounts {
-    /// Counts the nodes' keys now and every [`KEY_COUNT_EVERY`] (less often
-    /// when counting is slow: [`KEY_COUNT_SHARE`]), until aborted.
+    /// Counts the nodes' keys now and every 30 s, less often when counting
+    /// would take over 1 % of the time, until aborted.
     pub fn spawn_refresh(
         self: Arc<Self>,
         replicator: Arc<Replicator>,

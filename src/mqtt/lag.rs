@@ -12,7 +12,7 @@
 //! Messages are counted in units (bytes or messages, as the caller likes)
 //! and assumed to leave in the order they came, which both consumers nearly
 //! keep: a batch is stored whole, in arrival order. Arrivals are grouped in
-//! slots of [`SLOT`]; the lag is the age of the oldest slot with units
+//! slots of 100 ms; the lag is the age of the oldest slot with units
 //! left, so it is exact to a slot. Invariant: slots are in arrival order and
 //! each holds at least one unit, so they are never more than the units
 //! waiting, which the backlog or the consumer's channel bounds.
