@@ -22,8 +22,18 @@ use crate::storage::sqlite::Synchronous;
 /// there.
 const MAX_BATCH_MESSAGES: usize = crate::mqtt::external::REQUEST_QUEUE / 2;
 
-/// Environment variables that share the prefix but are not config keys.
-const NOT_CONFIG_KEYS: [&str; 3] = ["api_token", "url", "token"];
+/// Environment variables that share the prefix but are not config keys:
+/// the admin token, the CLI's own (`ENERGYGUARD_URL`, `_TOKEN`, `_CA`,
+/// `_MQTT_URL`) and the compose file's broker password, which an operator
+/// exports in the shell that may also start the service.
+const NOT_CONFIG_KEYS: [&str; 6] = [
+    "api_token",
+    "url",
+    "token",
+    "ca",
+    "mqtt_url",
+    "mqtt_password",
+];
 /// String keys whose environment values must be taken verbatim: figment's
 /// `Env` parses every value, so `ENERGYGUARD_MQTT__CLIENT_ID=007` would
 /// arrive as the integer 7.
@@ -719,7 +729,15 @@ mod tests {
             jail.set_env("ENERGYGUARD_HTTP__LISTEN", "127.0.0.1:3");
             jail.set_env("ENERGYGUARD_MQTT__CLIENT_ID", "007");
             jail.set_env("ENERGYGUARD_API_TOKEN", "123456");
-            jail.set_env("ENERGYGUARD_URL", "http://elsewhere");
+            for (cli_or_shell, value) in [
+                ("ENERGYGUARD_URL", "http://elsewhere"),
+                ("ENERGYGUARD_TOKEN", "a-client-token-0123456789"),
+                ("ENERGYGUARD_CA", "ca.pem"),
+                ("ENERGYGUARD_MQTT_URL", "mqtt://elsewhere"),
+                ("ENERGYGUARD_MQTT_PASSWORD", "for-compose"),
+            ] {
+                jail.set_env(cli_or_shell, value);
+            }
             let c = load(Some("mine.toml")).expect("loads");
             assert_eq!(c.data_dir, PathBuf::from("from-default"));
             assert_eq!(c.http.listen.to_string(), "127.0.0.1:3");
