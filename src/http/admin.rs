@@ -258,8 +258,8 @@ async fn refresh_alert_gauges(state: &AppState) {
 }
 
 /// Prometheus text. Node, rebalance, alert, MQTT lag and console gauges are
-/// refreshed at scrape time from memory (and the alert store); key counts come from the
-/// last count ([`KeyCounts::spawn_refresh`]).
+/// refreshed at scrape time from memory (and the alert store); key counts
+/// come from the last count ([`KeyCounts::spawn_refresh`]).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     crate::telemetry::collect_process();
     refresh_node_gauges(&state);

@@ -159,17 +159,21 @@ impl Replicator {
                 if still_recovering {
                     change.state().set_down(id, DownReason::of_recovery(&error));
                 }
-                metrics::counter!("energyguard_recoveries_total", "node" => id.to_string(), "outcome" => "failed")
-                    .increment(1);
                 tracing::error!(event = "recovery_failed", node = %id, %error,
                     "recovery failed; the node stays down");
                 Err(error)
             }
         };
+        // A recovery that an operator's `fail` overtook ends in an error too.
+        let outcome = if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        metrics::counter!("energyguard_recoveries_total", "node" => id.to_string(), "outcome" => outcome)
+            .increment(1);
         self.persist_down_nodes().await?;
         if let Ok(report) = &result {
-            metrics::counter!("energyguard_recoveries_total", "node" => id.to_string(), "outcome" => "succeeded")
-                .increment(1);
             tracing::info!(event = "node_up", node = %id, hints = report.hints_replayed, repaired = report.repaired,
                 removed = report.removed, took_ms = report.took_ms, "node recovered");
         }
@@ -188,6 +192,7 @@ impl Replicator {
         let mut replayed = 0;
         let mut read_up_to = 0;
         let mut applying = VecDeque::new();
+        let replayed_total = metrics::counter!("energyguard_recovery_hints_replayed_total", "node" => id.to_string());
         loop {
             let batch = self.meta.hints(id, read_up_to, HINT_BATCH).await?;
             let Some(last) = batch.last().map(|h| h.seq) else {
@@ -204,7 +209,7 @@ impl Replicator {
             };
             replayed += records.len() as u64;
             let (node, counted) = (node.clone(), records.len() as u64);
-            let replayed_total = metrics::counter!("energyguard_recovery_hints_replayed_total", "node" => id.to_string());
+            let replayed_total = replayed_total.clone();
             applying.push_back((
                 last,
                 tokio::spawn(async move {

@@ -83,6 +83,9 @@ struct WritePlan {
 
 pub struct Replicator {
     pub(super) nodes: BTreeMap<NodeId, Arc<dyn StorageNode>>,
+    /// Each node's `energyguard_node_commit_duration_seconds`, made once:
+    /// every write records into it.
+    commit_times: BTreeMap<NodeId, metrics::Histogram>,
     /// Statuses and placements behind the write gate (see `state.rs`).
     pub(super) cluster: GuardedState,
     /// Serializes administrative operations (recover, configure, finishing a
@@ -214,8 +217,19 @@ impl Replicator {
             .as_ref()
             .map(|p| RebalanceProgress::new(p, &current));
         let state = ClusterState::new(nodes.keys().cloned(), &down, current, previous, rebalance);
+        let commit_times = nodes
+            .keys()
+            .map(|id| {
+                let histogram = metrics::histogram!(
+                    "energyguard_node_commit_duration_seconds",
+                    "node" => id.to_string()
+                );
+                (id.clone(), histogram)
+            })
+            .collect();
         let replicator = Arc::new(Self {
             nodes,
+            commit_times,
             cluster: GuardedState::new(state),
             admin: tokio::sync::Mutex::new(()),
             meta,
@@ -476,11 +490,11 @@ impl Replicator {
 
         let stores = plan.stores.into_iter().map(|(id, records)| {
             let node = self.nodes[&id].clone();
+            let commit_time = self.commit_times[&id].clone();
             async move {
                 let started = Instant::now();
                 let result = node.apply(records.clone()).await;
-                metrics::histogram!("energyguard_node_commit_duration_seconds", "node" => id.to_string())
-                    .record(started.elapsed());
+                commit_time.record(started.elapsed());
                 (id, records, result)
             }
         });
